@@ -1,0 +1,40 @@
+# Two commands a user needs: `make repro` (train) and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+# Stages run as `python -m stages.X`: the venv's python must come first on PATH.
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: install repro test test-fast lock clean-venv
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "error: Python 3.11 is required (PYTHON=$(PYTHON) is %d.%d); run e.g. make PYTHON=python3.11" % sys.version_info[:2])'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --requirement requirements.lock
+	touch $@
+
+repro: install
+	dvc repro
+
+test: install
+	python -m pytest
+
+test-fast: install
+	python -m pytest -m "not e2e"
+
+# Re-pin every package after changing pyproject.toml's dependencies.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet '.[test]'
+	{ echo "# Exact versions of every package the project installs (Python 3.11, Linux)."; \
+	  echo "# Regenerate with: make lock"; \
+	  .lock-venv/bin/pip freeze --exclude dvc-keras-cifar; } > requirements.lock
+	rm -rf .lock-venv
+
+clean-venv:
+	rm -rf $(VENV)

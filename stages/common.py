@@ -1,0 +1,315 @@
+"""Helpers shared by every stage: params, errors, atomic writes and file formats.
+
+Nothing here imports TensorFlow at module level: stages that do not train must stay fast to start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import os
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import yaml
+
+PARAMS_FILE = "params.yaml"
+# Every zip we write carries this date, so the same content always gives the same bytes.
+FIXED_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+class StageError(Exception):
+    """A problem the user can fix (bad param, bad input file); shown as one line, no traceback."""
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a stage's main(), turning StageError into a one-line message and exit code 1."""
+    try:
+        main()
+    except StageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+# ---------------------------------------------------------------------------------------------
+# Params: one schema for the whole params.yaml, checked before any stage does real work.
+# ---------------------------------------------------------------------------------------------
+
+
+class Rule:
+    """Accepts a value when `check` returns True; `accepted` tells the user what would pass."""
+
+    def __init__(self, accepted: str, check: Callable[[Any], bool]):
+        self.accepted = accepted
+        self.check = check
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Rule:
+    bounds = _bounds_text(minimum, maximum)
+    return Rule(
+        f"an integer{bounds}",
+        lambda v: isinstance(v, int)
+        and not isinstance(v, bool)
+        and (minimum is None or v >= minimum)
+        and (maximum is None or v <= maximum),
+    )
+
+
+def number(minimum: float, maximum: float, *, exclusive: bool = False) -> Rule:
+    def check(v: Any) -> bool:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            return False
+        return minimum < v < maximum if exclusive else minimum <= v <= maximum
+
+    sign = ("> ", " and < ") if exclusive else (">= ", " and <= ")
+    return Rule(f"a number {sign[0]}{minimum}{sign[1]}{maximum}", check)
+
+
+def choice(*names: Any) -> Rule:
+    return Rule("one of " + ", ".join(map(str, names)), lambda v: v in names)
+
+
+def text(accepted: str = "a string", check: Callable[[str], bool] = lambda v: True) -> Rule:
+    return Rule(accepted, lambda v: isinstance(v, str) and bool(v) and check(v))
+
+
+def either(*rules: Rule) -> Rule:
+    return Rule(" or ".join(r.accepted for r in rules), lambda v: any(r.check(v) for r in rules))
+
+
+def list_of(item: Rule, min_length: int = 1) -> Rule:
+    return Rule(
+        f"a list of at least {min_length} items, each {item.accepted}",
+        lambda v: isinstance(v, list) and len(v) >= min_length and all(item.check(i) for i in v),
+    )
+
+
+NULL = Rule("null", lambda v: v is None)
+
+
+def _bounds_text(minimum: Any, maximum: Any) -> str:
+    if minimum is not None and maximum is not None:
+        return f" from {minimum} to {maximum}"
+    if minimum is not None:
+        return f" >= {minimum}"
+    if maximum is not None:
+        return f" <= {maximum}"
+    return ""
+
+
+def _is_checksum(value: str) -> bool:
+    algorithm, _, digest = value.partition(":")
+    lengths = {"md5": 32, "sha256": 64}
+    return (
+        algorithm in lengths
+        and len(digest) == lengths[algorithm]
+        and all(c in "0123456789abcdef" for c in digest.lower())
+    )
+
+
+ACTIVATIONS = (
+    "relu", "sigmoid", "tanh", "elu", "selu", "gelu", "silu", "swish", "softplus", "softsign",
+    "leaky_relu", "relu6", "mish", "hard_sigmoid", "hard_silu", "exponential", "linear",
+)  # fmt: skip
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "lion")
+LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
+
+SCHEMA: dict[str, Any] = {
+    "seed": integer(0, 2**31 - 1),
+    "download": {
+        "url": text("a URL (http, https, file) or a local path"),
+        "checksum": either(NULL, text("'md5:<32 hex digits>' or 'sha256:<64 hex digits>'", _is_checksum)),
+    },
+    "preprocess": {
+        "image_size": integer(8, 1024),
+        "validation": either(number(0.0, 1.0, exclusive=True), choice("test")),
+    },
+    "model": {
+        "hidden_units": list_of(integer(1, 65536), min_length=0),
+        "activation": choice(*ACTIVATIONS),
+        "optimizer": choice(*OPTIMIZERS),
+        "learning_rate": number(0.0, 10.0, exclusive=True),
+        "loss": choice(*LOSSES),
+    },
+    "train": {
+        "batch_size": integer(1, 65536),
+        "epochs": integer(1, 100000),
+        "threads": integer(1, 1024),
+    },
+    "plot": {
+        "dpi": integer(20, 600),
+        "width": number(1.0, 40.0),
+        "height": number(1.0, 40.0),
+    },
+}
+
+
+def validate_params(params: Any, schema: dict[str, Any] = SCHEMA, where: str = "") -> None:
+    """Raise StageError naming the key path, the bad value and what is accepted."""
+    if not isinstance(params, dict):
+        raise StageError(f"{PARAMS_FILE}: {where or 'top level'} must be a mapping, got {params!r}")
+    for key in params:
+        if key not in schema:
+            path = f"{where}{key}"
+            close = difflib.get_close_matches(str(key), list(schema), n=1)
+            hint = f"; did you mean '{where}{close[0]}'?" if close else ""
+            raise StageError(
+                f"{PARAMS_FILE}: unknown key '{path}'{hint} (accepted keys here: {', '.join(schema)})"
+            )
+    for key, rule in schema.items():
+        path = f"{where}{key}"
+        if key not in params:
+            raise StageError(f"{PARAMS_FILE}: missing key '{path}'")
+        value = params[key]
+        if isinstance(rule, dict):
+            validate_params(value, rule, f"{path}.")
+        elif not rule.check(value):
+            raise StageError(f"{PARAMS_FILE}: {path} = {value!r} is not accepted; expected {rule.accepted}")
+
+
+def load_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
+    """Read and validate the whole params file, so a typo anywhere fails every stage at once."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            params = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise StageError(f"{path}: file not found (run the stage from the project root)") from None
+    except yaml.YAMLError as error:
+        raise StageError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+    validate_params(params)
+    return params
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes: outputs appear whole or not at all.
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, content: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(content, encoding="utf-8")
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prepared data: one byte-reproducible .npz per split (uint8 images, int labels).
+# ---------------------------------------------------------------------------------------------
+
+
+def save_arrays(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Write arrays like np.savez, but with fixed zip dates so equal arrays give equal bytes."""
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=FIXED_ZIP_DATE)
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def save_split(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray) -> None:
+    save_arrays(path, images=images.astype(np.uint8, copy=False), labels=labels.astype(np.int32))
+
+
+def load_split(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return data["images"], data["labels"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Keras helpers (TensorFlow is imported only when one of these is called).
+# ---------------------------------------------------------------------------------------------
+
+
+def configure_tensorflow(seed: int | None = None, threads: int | None = None) -> None:
+    """Pin what results depend on: every random seed, op determinism and (when given) thread counts.
+
+    Call before TensorFlow runs any op. Thread counts change the order of floating-point sums, so
+    they are params (part of an experiment's identity), never derived from the machine.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    if threads is not None:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    tf.config.experimental.enable_op_determinism()
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+
+
+def save_model(model: Any, path: str | os.PathLike) -> None:
+    """Save a .keras model whose bytes depend only on its config and weights.
+
+    Keras stamps each save with the date, the object ids of shared dtype policies and the zip
+    member times; we rewrite those so DVC sees the same hash for the same model.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp, tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        raw = Path(scratch) / "raw.keras"
+        model.save(raw)
+        with zipfile.ZipFile(raw) as source, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as out:
+            for name in sorted(source.namelist()):
+                content = source.read(name)
+                if name == "metadata.json":
+                    metadata = json.loads(content)
+                    metadata.pop("date_saved", None)
+                    content = json.dumps(metadata, sort_keys=True).encode()
+                elif name == "config.json":
+                    content = json.dumps(_renumber_object_ids(json.loads(content))).encode()
+                out.writestr(zipfile.ZipInfo(name, date_time=FIXED_ZIP_DATE), content)
+
+
+def _renumber_object_ids(config: Any) -> Any:
+    """Replace memory-address ids with 1, 2, ... in order of first appearance (sharing kept)."""
+    ids: dict[int, int] = {}
+
+    def visit(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                k: ids.setdefault(v, len(ids) + 1) if k == "shared_object_id" else visit(v)
+                for k, v in node.items()
+            }
+        if isinstance(node, list):
+            return [visit(v) for v in node]
+        return node
+
+    return visit(config)
+
+
+def load_model(path: str | os.PathLike) -> Any:
+    import keras
+
+    if not Path(path).exists():
+        raise StageError(f"{path}: model file not found")
+    return keras.models.load_model(path)
