@@ -1,0 +1,134 @@
+"""Shared test fixtures: small generated datasets and throw-away git + DVC copies of the project."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+PROJECT = Path(__file__).resolve().parent.parent
+SHARED_DATA = PROJECT.parent / "shared" / "data"
+MINI_JPG = SHARED_DATA / "cifar10-jpg-mini.tar.gz"
+FULL_JPG = SHARED_DATA / "cifar10-jpg.tar.gz"
+CLASSES = ["airplane", "automobile", "bird"]
+# What a copied project needs to run; data, models and metrics are made by the pipeline itself.
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", ".dvcignore"]
+
+
+def learnable_images(labels: np.ndarray, side: int = 32, seed: int = 0) -> np.ndarray:
+    """Images whose class shows in their mean colour, so a tiny MLP beats chance in 2 epochs."""
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(30, 226, size=(labels.max() + 1, 3))
+    noise = rng.integers(-30, 31, size=(len(labels), side, side, 3))
+    return np.clip(palette[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+
+
+def cifar_binary_bytes(images: np.ndarray, labels: np.ndarray) -> bytes:
+    """Records of 1 label byte + R, G, B planes: the official CIFAR-10 binary layout."""
+    planes = images.transpose(0, 3, 1, 2).reshape(len(labels), -1)
+    return np.concatenate([labels[:, None].astype(np.uint8), planes], axis=1).tobytes()
+
+
+def add_bytes(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    archive.addfile(info, io.BytesIO(data))
+
+
+def make_cifar_binary_archive(
+    path: Path, classes: list[str] = CLASSES, per_batch: int = 60, test: int = 60, seed: int = 0
+) -> Path:
+    """A .tar.gz in the official 'CIFAR-10 binary version' layout, with 5 small train batches."""
+    rng = np.random.default_rng(seed)
+    with tarfile.open(path, "w:gz") as archive:
+        add_bytes(archive, "cifar-10-batches-bin/batches.meta.txt", ("\n".join(classes) + "\n\n").encode())
+        for name, count in [(f"data_batch_{i}.bin", per_batch) for i in range(1, 6)] + [("test_batch.bin", test)]:
+            labels = rng.integers(0, len(classes), size=count)
+            add_bytes(archive, f"cifar-10-batches-bin/{name}", cifar_binary_bytes(learnable_images(labels, seed=seed), labels))
+    return path
+
+
+def make_image_folder(root: Path, classes: list[str] = CLASSES, train: int = 20, test: int = 6, ext: str = "png") -> Path:
+    """root/{train,test}/<class>/<n>.<ext> with generated images."""
+    for split, count in (("train", train), ("test", test)):
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, image in enumerate(learnable_images(np.full(count, label), seed=label)):
+                Image.fromarray(image).save(folder / f"{i:04d}.{ext}")
+    return root
+
+
+def sha256(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def binary_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_cifar_binary_archive(tmp_path_factory.mktemp("archive") / "cifar-10-binary.tar.gz")
+
+
+# ---------------------------------------------------------------------------------------------
+# Throw-away projects: a git + DVC repo holding a copy of the pipeline, params set for tiny data.
+# ---------------------------------------------------------------------------------------------
+
+TINY_PARAMS = {"train.epochs": 2, "train.batch_size": 16}
+
+
+def tool_env() -> dict[str, str]:
+    """The environment stages run in: this interpreter's venv first on PATH, no telemetry."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(DVC_NO_ANALYTICS="1", TF_CPP_MIN_LOG_LEVEL="2", GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="t@example.com",
+               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="t@example.com")
+    return env
+
+
+def sh(repo: Path, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run a command in `repo`; on failure the assertion shows its whole output."""
+    result = subprocess.run(args, cwd=repo, env=tool_env(), capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def set_params(repo: Path, overrides: dict[str, Any]) -> None:
+    """Set dotted keys (e.g. 'train.epochs') in repo/params.yaml."""
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = params
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def make_project(where: Path, archive: Path, overrides: dict[str, Any] | None = None) -> Path:
+    """A committed git + DVC repo with the pipeline, downloading `archive` with its real checksum."""
+    where.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        source = PROJECT / name
+        if source.is_dir():
+            shutil.copytree(source, where / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.exists():
+            shutil.copy2(source, where / name)
+    set_params(where, {"download.url": str(archive), "download.checksum": sha256(archive), **TINY_PARAMS, **(overrides or {})})
+    sh(where, "git", "init", "-q", "-b", "main")
+    sh(where, "dvc", "init", "-q")
+    sh(where, "dvc", "config", "core.analytics", "false")
+    sh(where, "git", "add", "-A")
+    sh(where, "git", "commit", "-qm", "project")
+    return where
