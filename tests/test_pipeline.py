@@ -1,0 +1,163 @@
+"""End to end: real `dvc repro` / `dvc exp run` on small generated data in throw-away git + DVC repos."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import MINI_JPG, make_project, set_params, sh
+from stages.common import load_split, read_json
+
+pytestmark = pytest.mark.e2e
+
+STAGES = ["download", "preprocess", "build_and_compile", "train", "evaluate", "plot"]
+
+
+@pytest.fixture(scope="module")
+def http_archive(binary_archive: Path) -> Iterator[str]:
+    """Serve the generated CIFAR-binary archive from a local HTTP server; yield its URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(binary_archive.parent))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/{binary_archive.name}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, binary_archive: Path, http_archive: str) -> Path:
+    """A project whose first `dvc repro` downloaded over HTTP and ran every stage."""
+    repo = make_project(tmp_path_factory.mktemp("pipeline") / "project", binary_archive)
+    set_params(repo, {"download.url": http_archive})
+    sh(repo, "git", "commit", "-qam", "download over http")
+    sh(repo, "dvc", "repro")
+    return repo
+
+
+def ran_stages(output: str) -> list[str]:
+    return [stage for stage in STAGES if f"Running stage '{stage}'" in output]
+
+
+def test_repro_builds_every_output_metric_and_plot(built: Path, binary_archive: Path) -> None:
+    assert (built / "data/raw/dataset.archive").read_bytes() == binary_archive.read_bytes()
+    classes = read_json(built / "data/prepared/classes.json")
+    assert classes == ["airplane", "automobile", "bird"]
+    sizes = {split: len(load_split(built / f"data/prepared/{split}.npz")[1]) for split in ("train", "validation", "test")}
+    assert sizes == {"train": 270, "validation": 30, "test": 60}  # 5 batches of 60; 10% held out
+
+    for name in ("compiled.keras", "model.keras", "summary.txt"):
+        assert (built / "models" / name).stat().st_size > 0
+    assert "hidden_1 (Dense)" in (built / "models/summary.txt").read_text()
+
+    metrics = json.loads(sh(built, "dvc", "metrics", "show", "--json").stdout)
+    values = metrics[""]["data"]
+    train = values["metrics/train/metrics.json"]["data"]
+    test = values["metrics/evaluate/metrics.json"]["data"]
+    assert train["step"] == 1  # two epochs: steps 0 and 1
+    assert set(train["train"]) == {"loss", "accuracy"} and set(train["eval"]) == {"loss", "accuracy"}
+    assert test["accuracy"] > 0.6, "classes differ by colour: two epochs beat chance (1/3)"
+
+    for split in ("train", "eval"):
+        for metric in ("loss", "accuracy"):
+            rows = (built / f"metrics/train/plots/metrics/{split}/{metric}.tsv").read_text().splitlines()
+            assert rows[0].split("\t") == ["step", metric] and len(rows) == 3
+    confusion = (built / "metrics/evaluate/confusion.csv").read_text().splitlines()
+    assert confusion[0] == "actual,predicted" and len(confusion) == 61
+    for name in ("loss.png", "accuracy.png"):
+        with Image.open(built / "metrics/plots" / name) as image:
+            assert image.format == "PNG" and image.width >= 300 and image.height >= 200
+
+
+def test_second_repro_does_nothing(built: Path) -> None:
+    result = sh(built, "dvc", "repro")
+    assert ran_stages(result.stdout) == []
+    assert "Data and pipelines are up to date." in sh(built, "dvc", "status").stdout
+
+
+def test_changing_a_plot_param_reruns_only_plot(built: Path) -> None:
+    before = (built / "models/model.keras").read_bytes()
+    set_params(built, {"plot.dpi": 60})
+    try:
+        assert set(json.loads(sh(built, "dvc", "status", "--json").stdout)) == {"plot"}
+        assert ran_stages(sh(built, "dvc", "repro").stdout) == ["plot"]
+        with Image.open(built / "metrics/plots/loss.png") as image:
+            assert image.width == 360  # 6 inches at 60 dpi
+        assert (built / "models/model.keras").read_bytes() == before
+    finally:
+        sh(built, "git", "checkout", "params.yaml")
+        sh(built, "dvc", "repro")
+
+
+def test_plots_show_writes_its_page(built: Path) -> None:
+    sh(built, "dvc", "plots", "show", "-o", "page")
+    page = (built / "page/index.html").read_text()
+    for title in ("Loss per epoch", "Accuracy per epoch", "Confusion matrix (test)"):
+        assert title in page
+    assert "loss.png" in page and "accuracy.png" in page
+
+
+def test_queued_two_point_sweep_shows_both_experiments(built: Path) -> None:
+    sh(built, "git", "add", "-A")
+    sh(built, "git", "commit", "-qm", "baseline run")
+    sh(built, "dvc", "exp", "run", "--queue", "-S", "train.batch_size=16,32")
+    sh(built, "dvc", "queue", "start")
+    wait_for_queue(built)
+
+    experiments = json.loads(sh(built, "dvc", "exp", "show", "--json").stdout)
+    runs = [exp for baseline in experiments for exp in (baseline.get("experiments") or [])]
+    found = {}
+    for run in runs:
+        data = run["revs"][0]["data"]
+        batch = data["params"]["params.yaml"]["data"]["train"]["batch_size"]
+        found[batch] = data["metrics"]["metrics/evaluate/metrics.json"]["data"]["accuracy"]
+    assert set(found) == {16, 32}
+    assert all(0 <= accuracy <= 1 for accuracy in found.values())
+    assert sh(built, "git", "status", "--porcelain").stdout == ""
+
+
+def wait_for_queue(repo: Path, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = sh(repo, "dvc", "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            assert "Failed" not in status, status + sh(repo, "dvc", "queue", "logs", status.split()[0], check=False).stdout
+            return
+        time.sleep(2)
+    sh(repo, "dvc", "queue", "kill", "--all", check=False)
+    pytest.fail(f"queue not done after {timeout} s:\n{status}")
+
+
+def test_image_folder_path_on_real_cifar_jpegs(tmp_path: Path) -> None:
+    """The mini set of real CIFAR-10 JPEGs (100 train + 20 test per class) through download + preprocess."""
+    if not MINI_JPG.exists():
+        pytest.skip(f"{MINI_JPG} not present (only on the developers' and CI machines)")
+    repo = make_project(tmp_path / "project", MINI_JPG)
+    sh(repo, "dvc", "repro", "preprocess")
+    classes = read_json(repo / "data/prepared/classes.json")
+    assert len(classes) == 10 and classes[0] == "airplane" and classes[-1] == "truck"
+    train_images, train_labels = load_split(repo / "data/prepared/train.npz")
+    _, validation_labels = load_split(repo / "data/prepared/validation.npz")
+    test_images, test_labels = load_split(repo / "data/prepared/test.npz")
+    assert train_images.shape == (900, 32, 32, 3) and train_images.dtype == np.uint8
+    assert len(validation_labels) == 100 and test_images.shape == (200, 32, 32, 3)
+    assert np.bincount(test_labels).tolist() == [20] * 10
+    # The split is shuffled, not a prefix of one class: every class is in validation.
+    assert len(set(validation_labels.tolist())) == 10
+    assert 60 < train_images.mean() < 200  # real photos, not blank
+
+
+def test_wrong_checksum_fails_clearly_and_writes_nothing(tmp_path: Path, binary_archive: Path) -> None:
+    repo = make_project(tmp_path / "project", binary_archive, {"download.checksum": "md5:" + "0" * 32})
+    result = sh(repo, "dvc", "repro", "download", check=False)
+    assert result.returncode != 0
+    assert "checksum mismatch: expected md5:0000" in result.stderr + result.stdout
+    assert not (repo / "data/raw/dataset.archive").exists()
