@@ -141,6 +141,14 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], out: Path, size: tupl
     save_figure(figure, out, dpi)
 
 
+def most_confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, count: int) -> np.ndarray:
+    """Indices of up to `count` misclassified images, the most confidently wrong first (ties: lower index)."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    confidence = probabilities[wrong, predicted[wrong]]
+    return wrong[np.argsort(-confidence, kind="stable")][:count]
+
+
 def plot_misclassified(
     images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, classes: list[str], count: int, out: Path, dpi: int
 ) -> int:
@@ -149,12 +157,12 @@ def plot_misclassified(
     Returns how many images the grid shows.
     """
     predicted = probabilities.argmax(axis=1)
-    wrong = np.flatnonzero(predicted != labels)
-    confidence = probabilities[wrong, predicted[wrong]]
-    shown = wrong[np.argsort(-confidence, kind="stable")][:count]
+    mistakes = int((predicted != labels).sum())
+    shown = most_confident_mistakes(labels, probabilities, count)
     columns = max(1, math.ceil(math.sqrt(len(shown))))
     rows = max(1, math.ceil(len(shown) / columns))
-    figure, grid = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows + 0.5), squeeze=False)
+    # 1.6 x 1.8 inches per image, plus a band for the title (at least 4 inches wide, so it fits).
+    figure, grid = plt.subplots(rows, columns, figsize=(max(4.0, 1.6 * columns), 1.8 * rows + 0.5), squeeze=False)
     for axes in grid.flat:
         axes.axis("off")
     for axes, i in zip(grid.flat, shown):
@@ -164,7 +172,7 @@ def plot_misclassified(
             fontsize=7,
         )
     if len(shown):
-        title = f"{len(shown)} most confident of {len(wrong)} mistakes ({len(wrong) / len(labels):.1%} of the test set)"
+        title = f"{len(shown)} most confident of {mistakes} mistakes ({mistakes / len(labels):.1%} of the test set)"
     else:
         title = "no misclassified test images"
     figure.suptitle(title, fontsize=9)
