@@ -1,6 +1,7 @@
 """Stage 5: score the trained model on the test set.
 
-Writes DVC metrics (loss, accuracy, top-k accuracy, per-class precision / recall / F1), the
+Writes DVC metrics (metrics.json: loss, accuracy, top-k accuracy; per_class.json: precision, recall and
+F1 of each class, in their own file so `dvc metrics show metrics/evaluate/metrics.json` stays short), the
 confusion-matrix data (one CSV row per test image, for DVC's `confusion` plot template) and a PNG
 grid of the most confident mistakes. Every number is computed with numpy from the predicted
 probabilities, so the definitions are the few lines below.
@@ -74,13 +75,12 @@ def per_class_scores(matrix: np.ndarray, classes: list[str]) -> dict[str, dict[s
     }
 
 
-def compute_metrics(probabilities: np.ndarray, labels: np.ndarray, classes: list[str], top_k: int) -> dict[str, Any]:
-    predicted = probabilities.argmax(axis=1)
+def compute_metrics(probabilities: np.ndarray, labels: np.ndarray, top_k: int) -> dict[str, float]:
+    """The headline numbers: loss, accuracy and top-k accuracy."""
     return {
         "loss": cross_entropy(probabilities, labels),
-        "accuracy": float((predicted == labels).mean()),
+        "accuracy": float((probabilities.argmax(axis=1) == labels).mean()),
         f"top_{top_k}_accuracy": top_k_accuracy(probabilities, labels, top_k),
-        "per_class": per_class_scores(confusion_matrix(labels, predicted, len(classes)), classes),
     }
 
 
@@ -101,7 +101,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="trained .keras model")
     parser.add_argument("data_dir", type=Path, help="directory with test.npz and classes.json")
-    parser.add_argument("out_dir", type=Path, help="where metrics.json, confusion.csv and misclassified.png go")
+    parser.add_argument(
+        "out_dir", type=Path, help="where the metrics, confusion.csv and misclassified.png go"
+    )
     args = parser.parse_args()
     params = load_params()
     top_k, misclassified = params["evaluate"]["top_k"], params["evaluate"]["misclassified"]
@@ -113,11 +115,20 @@ def main() -> None:
     configure_tensorflow(threads=params["train"]["threads"])
     probabilities = predict_probabilities(load_model(args.model), images)
 
-    metrics = compute_metrics(probabilities, labels, classes, top_k)
+    predicted = probabilities.argmax(axis=1)
+    metrics = compute_metrics(probabilities, labels, top_k)
     write_json(args.out_dir / "metrics.json", metrics)
-    write_text(args.out_dir / "confusion.csv", confusion_rows(labels, probabilities.argmax(axis=1), classes))
+    per_class = per_class_scores(confusion_matrix(labels, predicted, len(classes)), classes)
+    write_json(args.out_dir / "per_class.json", {"per_class": per_class})
+    write_text(args.out_dir / "confusion.csv", confusion_rows(labels, predicted, classes))
     shown = plot_misclassified(
-        images, labels, probabilities, classes, misclassified, args.out_dir / "misclassified.png", params["plot"]["dpi"]
+        images,
+        labels,
+        probabilities,
+        classes,
+        misclassified,
+        args.out_dir / "misclassified.png",
+        params["plot"]["dpi"],
     )
     print(
         f"evaluate: test loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}, "

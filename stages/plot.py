@@ -58,14 +58,16 @@ def best_epoch(validation: pd.DataFrame, metric: str) -> tuple[int, float]:
     return int(validation["step"].iloc[index]) + 1, float(values[index])
 
 
-def plot_history(history: dict[str, pd.DataFrame], metric: str, out: Path, size: tuple[float, float], dpi: int) -> None:
+def plot_history(
+    history: dict[str, pd.DataFrame], metric: str, out: Path, size: tuple[float, float], dpi: int
+) -> None:
     figure, axes = plt.subplots(figsize=size)
     for label, frame in history.items():
         axes.plot(frame["step"] + 1, frame[metric], marker="o", markersize=3, label=label)
     epoch, value = best_epoch(history["validation"], metric)
     axes.axvline(epoch, color="grey", linestyle=":", linewidth=1)
-    axes.plot([epoch], [value], marker="*", markersize=12, color="crimson", linestyle="none",
-              label=f"best validation: epoch {epoch} ({value:.4f})")  # fmt: skip
+    best = f"best validation: epoch {epoch} ({value:.4f})"
+    axes.plot([epoch], [value], marker="*", markersize=12, color="crimson", linestyle="none", label=best)
     axes.set_xlabel("epoch")
     axes.set_ylabel(metric)
     axes.set_title(f"{metric} per epoch")
@@ -101,7 +103,9 @@ def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
     return np.divide(np.diag(matrix), totals, out=np.zeros(len(matrix)), where=totals > 0)
 
 
-def plot_per_class_accuracy(matrix: np.ndarray, classes: list[str], out: Path, size: tuple[float, float], dpi: int) -> None:
+def plot_per_class_accuracy(
+    matrix: np.ndarray, classes: list[str], out: Path, size: tuple[float, float], dpi: int
+) -> None:
     accuracy = per_class_accuracy(matrix)
     overall = np.trace(matrix) / max(1, matrix.sum())
     figure, axes = plt.subplots(figsize=size)
@@ -119,7 +123,9 @@ def plot_per_class_accuracy(matrix: np.ndarray, classes: list[str], out: Path, s
     save_figure(figure, out, dpi)
 
 
-def plot_confusion(matrix: np.ndarray, classes: list[str], out: Path, size: tuple[float, float], dpi: int) -> None:
+def plot_confusion(
+    matrix: np.ndarray, classes: list[str], out: Path, size: tuple[float, float], dpi: int
+) -> None:
     # Colour by share of the row, so rare classes are as readable as common ones; text is the count.
     totals = matrix.sum(axis=1, keepdims=True)
     shares = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
@@ -130,7 +136,9 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], out: Path, size: tupl
     for (actual, predicted), count in np.ndenumerate(matrix):
         if count:
             colour = "white" if shares[actual, predicted] > 0.5 else "black"
-            axes.text(predicted, actual, str(count), ha="center", va="center", fontsize=fontsize, color=colour)
+            axes.text(
+                predicted, actual, str(count), ha="center", va="center", fontsize=fontsize, color=colour
+            )
     ticks = np.arange(len(classes))
     axes.set_xticks(ticks, classes, rotation=45, ha="right")
     axes.set_yticks(ticks, classes)
@@ -150,7 +158,13 @@ def most_confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, count
 
 
 def plot_misclassified(
-    images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, classes: list[str], count: int, out: Path, dpi: int
+    images: np.ndarray,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    classes: list[str],
+    count: int,
+    out: Path,
+    dpi: int,
 ) -> int:
     """Grid of the `count` most confident mistakes, each titled with its true and predicted class.
 
@@ -162,17 +176,18 @@ def plot_misclassified(
     columns = max(1, math.ceil(math.sqrt(len(shown))))
     rows = max(1, math.ceil(len(shown) / columns))
     # 1.6 x 1.8 inches per image, plus a band for the title (at least 4 inches wide, so it fits).
-    figure, grid = plt.subplots(rows, columns, figsize=(max(4.0, 1.6 * columns), 1.8 * rows + 0.5), squeeze=False)
+    figure, grid = plt.subplots(
+        rows, columns, figsize=(max(4.0, 1.6 * columns), 1.8 * rows + 0.5), squeeze=False
+    )
     for axes in grid.flat:
         axes.axis("off")
     for axes, i in zip(grid.flat, shown):
         axes.imshow(images[i], interpolation="nearest")
-        axes.set_title(
-            f"true: {classes[labels[i]]}\npredicted: {classes[predicted[i]]} {probabilities[i, predicted[i]]:.0%}",
-            fontsize=7,
-        )
+        guess, confidence = classes[predicted[i]], probabilities[i, predicted[i]]
+        axes.set_title(f"true: {classes[labels[i]]}\npredicted: {guess} {confidence:.0%}", fontsize=7)
     if len(shown):
-        title = f"{len(shown)} most confident of {mistakes} mistakes ({mistakes / len(labels):.1%} of the test set)"
+        share = mistakes / len(labels)
+        title = f"{len(shown)} most confident of {mistakes} mistakes ({share:.1%} of the test set)"
     else:
         title = "no misclassified test images"
     figure.suptitle(title, fontsize=9)
@@ -192,7 +207,9 @@ def main() -> None:
     size, dpi = (settings["width"], settings["height"]), settings["dpi"]
 
     for metric in ("loss", "accuracy"):
-        plot_history(read_history(args.metrics_dir, metric), metric, args.out_dir / f"{metric}.png", size, dpi)
+        plot_history(
+            read_history(args.metrics_dir, metric), metric, args.out_dir / f"{metric}.png", size, dpi
+        )
     classes = read_json(args.classes)
     matrix = read_confusion(args.confusion, classes)
     plot_per_class_accuracy(matrix, classes, args.out_dir / "per_class_accuracy.png", size, dpi)

@@ -43,7 +43,11 @@ def find_images(paths: list[Path]) -> Iterator[Path]:
         if path.is_dir():
             for file in sorted(path.rglob("*")):
                 relative = file.relative_to(path).parts
-                if file.is_file() and is_image_name(file.name) and not any(p.startswith(".") for p in relative):
+                if (
+                    file.is_file()
+                    and is_image_name(file.name)
+                    and not any(p.startswith(".") for p in relative)
+                ):
                     yield file
         else:
             yield path  # missing or unreadable: reported when read
@@ -53,7 +57,9 @@ def read_classes(path: Path, num_outputs: int) -> list[str]:
     try:
         classes = read_json(path)
     except FileNotFoundError:
-        raise StageError(f"{path}: class names not found; pass --classes (classes.json from preprocess)") from None
+        raise StageError(
+            f"{path}: class names not found; pass --classes (classes.json from preprocess)"
+        ) from None
     except ValueError as error:
         raise StageError(f"{path}: not valid JSON ({error})") from None
     if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
@@ -115,11 +121,17 @@ def to_json(results: list[Result]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders of images")
+    parser.add_argument(
+        "paths", type=Path, nargs="+", metavar="PATH", help="image files or folders of images"
+    )
     parser.add_argument("--top-k", type=int, default=3, help="how many classes to show per image (default 3)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help=f"trained model (default {DEFAULT_MODEL})")
-    parser.add_argument("--classes", type=Path, default=DEFAULT_CLASSES, help=f"class names (default {DEFAULT_CLASSES})")
+    parser.add_argument(
+        "--model", type=Path, default=DEFAULT_MODEL, help=f"trained model (default {DEFAULT_MODEL})"
+    )
+    parser.add_argument(
+        "--classes", type=Path, default=DEFAULT_CLASSES, help=f"class names (default {DEFAULT_CLASSES})"
+    )
     args = parser.parse_args()
     if args.top_k < 1:
         parser.error(f"--top-k must be at least 1, got {args.top_k}")

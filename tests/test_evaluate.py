@@ -40,7 +40,8 @@ EXPECTED_PER_CLASS = {
 
 
 def test_accuracy_and_top_k():
-    metrics = evaluate.compute_metrics(PROBABILITIES, LABELS, CLASSES, top_k=2)
+    metrics = evaluate.compute_metrics(PROBABILITIES, LABELS, top_k=2)
+    assert metrics.keys() == {"loss", "accuracy", "top_2_accuracy"}
     assert metrics["accuracy"] == pytest.approx(3 / 5)
     assert metrics["top_2_accuracy"] == pytest.approx(4 / 5)  # all but image 3 (true class 3rd)
     assert evaluate.top_k_accuracy(PROBABILITIES, LABELS, 1) == pytest.approx(3 / 5)
@@ -65,7 +66,9 @@ def test_loss_matches_keras():
     import keras
 
     targets = np.eye(4, dtype=np.float32)[LABELS]
-    keras_loss = float(np.mean(keras.losses.categorical_crossentropy(targets, PROBABILITIES.astype(np.float32))))
+    keras_loss = float(
+        np.mean(keras.losses.categorical_crossentropy(targets, PROBABILITIES.astype(np.float32)))
+    )
     assert evaluate.cross_entropy(PROBABILITIES, LABELS) == pytest.approx(keras_loss, rel=1e-6)
 
 
@@ -104,7 +107,10 @@ def test_misclassified_grid_is_a_valid_png(tmp_path, mistakes_shown):
 def test_misclassified_grid_without_mistakes_still_writes_a_png(tmp_path):
     out = tmp_path / "misclassified.png"
     perfect = np.eye(4)[LABELS]
-    assert plot_misclassified(np.zeros((5, 32, 32, 3), np.uint8), LABELS, perfect, CLASSES, 25, out, dpi=100) == 0
+    assert (
+        plot_misclassified(np.zeros((5, 32, 32, 3), np.uint8), LABELS, perfect, CLASSES, 25, out, dpi=100)
+        == 0
+    )
     assert out.stat().st_size > 0
 
 
@@ -121,9 +127,8 @@ def test_top_k_above_the_number_of_classes_is_a_one_line_error(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     save_split(tmp_path / "test.npz", np.zeros((5, 32, 32, 3), np.uint8), LABELS)
     (tmp_path / "classes.json").write_text('["a", "b", "c", "d"]')
-    result = subprocess.run(
-        [sys.executable, "-m", "stages.evaluate", "model.keras", ".", "out"],
-        cwd=tmp_path, env={**tool_env(), "PYTHONPATH": str(PROJECT)}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    env = {**tool_env(), "PYTHONPATH": str(PROJECT)}
+    command = [sys.executable, "-m", "stages.evaluate", "model.keras", ".", "out"]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert result.stderr.strip() == "error: params.yaml: evaluate.top_k = 5 is more than the 4 classes"

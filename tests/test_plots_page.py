@@ -48,12 +48,14 @@ addEventListener("load", () => setTimeout(() => {
     const box = drawn ? drawn.getBoundingClientRect() : { width: 0, height: 0 };
     plots[div.id] = { element: drawn ? drawn.tagName : null, width: box.width, height: box.height };
   }
-  const images = [...document.images].map((img) => (
-    { src: img.getAttribute("src"), complete: img.complete, width: img.naturalWidth, height: img.naturalHeight }));
+  const images = [...document.images].map((img) => ({
+    src: img.getAttribute("src"), complete: img.complete, width: img.naturalWidth, height: img.naturalHeight,
+  }));
   const errorBox = document.getElementById("page-errors");
   const report = document.createElement("pre");
   report.id = "probe-report";
-  report.textContent = JSON.stringify({ errors: probeErrors, plots, images, errorBoxShown: !errorBox.hidden });
+  const errorBoxShown = !errorBox.hidden;
+  report.textContent = JSON.stringify({ errors: probeErrors, plots, images, errorBoxShown });
   document.body.append(report);
 }, 2000));
 """
@@ -85,7 +87,9 @@ def project(tmp_path_factory, binary_archive) -> Path:
     """The pipeline run on tiny data and committed, then one experiment (1 epoch) named 'short'."""
     repo = make_project(tmp_path_factory.mktemp("plots") / "repo", binary_archive)
     shutil.copy2(PROJECT / "Makefile", repo / "Makefile")
-    shutil.copytree(PROJECT / "plots_page", repo / "plots_page", ignore=shutil.ignore_patterns("build", "__pycache__"))
+    shutil.copytree(
+        PROJECT / "plots_page", repo / "plots_page", ignore=shutil.ignore_patterns("build", "__pycache__")
+    )
     sh(repo, "dvc", "repro")
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "pipeline run")
@@ -109,17 +113,23 @@ def sha256(path: Path) -> str:
 
 def test_metrics_agree_with_the_confusion_rows(project):
     shown = json.loads(sh(project, "dvc", "metrics", "show", "--json").stdout)
-    metrics = shown[""]["data"]["metrics/evaluate/metrics.json"]["data"]  # "" is the workspace
-    assert set(metrics) == {"loss", "accuracy", "top_3_accuracy", "per_class"}
-    rows = [line.split(",") for line in (project / "metrics/evaluate/confusion.csv").read_text().splitlines()[1:]]
+    files = shown[""]["data"]  # "" is the workspace
+    metrics = files["metrics/evaluate/metrics.json"]["data"]
+    per_class = files["metrics/evaluate/per_class.json"]["data"]["per_class"]
+    assert set(metrics) == {"loss", "accuracy", "top_3_accuracy"}
+    rows = [
+        line.split(",") for line in (project / "metrics/evaluate/confusion.csv").read_text().splitlines()[1:]
+    ]
     actual, predicted = np.array(rows).T
     assert metrics["accuracy"] == pytest.approx(np.mean(actual == predicted))
     assert metrics["top_3_accuracy"] == 1.0  # three classes: the true one is always among the top 3
     assert 0 < metrics["loss"] < 20
-    assert set(metrics["per_class"]) == set(CLASSES)
-    for name, scores in metrics["per_class"].items():
+    assert set(per_class) == set(CLASSES)
+    for name, scores in per_class.items():
         assert scores["recall"] == pytest.approx(np.mean(predicted[actual == name] == name))
-        assert scores["precision"] == pytest.approx(np.mean(actual[predicted == name] == name) if (predicted == name).any() else 0)
+        assert scores["precision"] == pytest.approx(
+            np.mean(actual[predicted == name] == name) if (predicted == name).any() else 0
+        )
 
 
 def test_confusion_plot_has_one_point_per_test_image(project):
@@ -138,7 +148,12 @@ def test_pngs_are_valid_images_of_sensible_size(project, path):
 
 
 def test_evaluate_and_plot_outputs_are_byte_reproducible(project):
-    outputs = ["metrics/evaluate/metrics.json", "metrics/evaluate/confusion.csv", *PNGS]
+    outputs = [
+        "metrics/evaluate/metrics.json",
+        "metrics/evaluate/per_class.json",
+        "metrics/evaluate/confusion.csv",
+        *PNGS,
+    ]
     before = {path: sha256(project / path) for path in outputs}
     sh(project, "dvc", "repro", "--force", "--single-item", "evaluate")
     sh(project, "dvc", "repro", "--force", "--single-item", "plot")
@@ -152,7 +167,9 @@ def test_evaluate_and_plot_outputs_are_byte_reproducible(project):
 
 def make_plots(repo: Path, *revisions: str) -> Path:
     if not shutil.which("npm"):
-        pytest.skip("npm not found: `make plots` fetches the pinned vega packages with npm (apt-get install npm)")
+        pytest.skip(
+            "npm not found: `make plots` fetches the pinned vega packages with npm (apt-get install npm)"
+        )
     args = ["make", "plots"] + ([f"REVS={' '.join(revisions)}"] if revisions else [])
     sh(repo, *args)
     return repo / "dvc_plots" / "index.html"
@@ -162,10 +179,8 @@ def render(chromium: str, page: Path, profile: Path) -> dict:
     """Open a probed copy of the page (beside it, so relative image paths hold); return the probe's report."""
     probed = page.with_name("probed.html")
     probed.write_text(page.read_text().replace("<head>", f"<head><script>{PROBE}</script>", 1))
-    result = subprocess.run(
-        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--dump-dom", probed.as_uri()],
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+    flags = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--dump-dom"]
+    result = subprocess.run([chromium, *flags, probed.as_uri()], capture_output=True, text=True, timeout=180)
     report = re.search(r'<pre id="probe-report">(.*?)</pre>', result.stdout, re.S)
     assert report, f"no probe report (exit {result.returncode}):\n{result.stderr[-2000:]}"
     return json.loads(html.unescape(report.group(1)))
@@ -177,7 +192,10 @@ def assert_page_drew_everything(page: Path, report: dict, images: int) -> None:
     assert sorted(drawn_ids) == sorted(VEGA_PLOTS)
     for plot_id in drawn_ids:
         drawn = report["plots"][plot_id]
-        assert drawn["element"] in ("CANVAS", "svg") and drawn["width"] > 100 and drawn["height"] > 100, (plot_id, drawn)
+        assert drawn["element"] in ("CANVAS", "svg") and drawn["width"] > 100 and drawn["height"] > 100, (
+            plot_id,
+            drawn,
+        )
     assert len(report["images"]) == images
     for image in report["images"]:
         assert image["complete"] and image["width"] >= 200 and image["height"] >= 200, image
@@ -206,10 +224,16 @@ def test_plots_diff_page_draws_every_plot_in_chromium(experiment, chromium, tmp_
 def test_probe_sees_a_plot_that_fails_and_an_image_that_is_missing(project, chromium, tmp_path):
     page = make_plots(project)
     broken = page.with_name("broken.html")
-    broken.write_text(page.read_text().replace("vegaEmbed('#Loss_per_epoch', spec)", "vegaEmbed('#Loss_per_epoch', {mark: 42})"))
+    broken.write_text(
+        page.read_text().replace(
+            "vegaEmbed('#Loss_per_epoch', spec)", "vegaEmbed('#Loss_per_epoch', {mark: 42})"
+        )
+    )
     (page.parent / "static" / "workspace_metrics_plots_loss.png").unlink()
     report = render(chromium, broken, tmp_path / "profile")
     assert report["errors"] and report["errorBoxShown"]  # shown on the page for the user too
     assert report["plots"]["Loss_per_epoch"]["element"] is None
     assert report["plots"]["Accuracy_per_epoch"]["element"] == "CANVAS"
-    assert [i["width"] for i in report["images"] if i["src"].endswith("workspace_metrics_plots_loss.png")] == [0]
+    assert [
+        i["width"] for i in report["images"] if i["src"].endswith("workspace_metrics_plots_loss.png")
+    ] == [0]

@@ -27,7 +27,7 @@ WITHOUT_DVC = (
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """A folder laid out like the project after `dvc repro`: models/model.keras, data/prepared/classes.json."""
+    """Laid out like the project after `dvc repro`: models/model.keras, data/prepared/classes.json."""
     from stages.build_and_compile import build_model
     from stages.common import configure_tensorflow, save_model
 
@@ -49,7 +49,12 @@ def model(project):
 def run_predict(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**tool_env(), "PYTHONPATH": str(PROJECT)}
     return subprocess.run(
-        [sys.executable, "-c", WITHOUT_DVC, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", WITHOUT_DVC, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -72,7 +77,9 @@ def assert_same_top(got: list[dict], expected: list[tuple[str, float]]) -> None:
 def photo(width: int, height: int, seed: int) -> Image.Image:
     """A smooth colour gradient with a bright square: photo-like, and every size gives other pixels."""
     y, x = np.mgrid[0:height, 0:width]
-    rgb = np.stack([255 * x / max(1, width - 1), 255 * y / max(1, height - 1), np.full_like(x, 40 * seed % 256)], axis=-1)
+    rgb = np.stack(
+        [255 * x / max(1, width - 1), 255 * y / max(1, height - 1), np.full_like(x, 40 * seed % 256)], axis=-1
+    )
     rgb[height // 3 : height // 2, width // 3 : width // 2] = 250
     return Image.fromarray(rgb.astype(np.uint8))
 
@@ -83,13 +90,14 @@ def save_photos(folder: Path) -> list[Path]:
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees to display, as phones save portrait photos
     photo(120, 90, 7).save(rotated, "JPEG", exif=exif)
+    deep = Image.fromarray(np.asarray(photo(40, 40, 6).convert("L"), np.uint16) * 257)  # 16-bit grey
     saves = {
         "large.jpg": lambda p: photo(640, 480, 1).save(p, quality=90),
         "grey_wide.png": lambda p: photo(50, 20, 2).convert("L").save(p),
         "transparent.png": lambda p: photo(33, 77, 3).convert("RGBA").save(p),
         "palette.gif": lambda p: photo(100, 100, 4).convert("P").save(p),
         "cmyk.jpg": lambda p: photo(64, 48, 5).convert("CMYK").save(p),
-        "deep_16bit.png": lambda p: Image.fromarray((np.asarray(photo(40, 40, 6).convert("L")).astype(np.uint16) * 257)).save(p),
+        "deep_16bit.png": deep.save,
         "tiny.bmp": lambda p: photo(1, 1, 8).save(p),
         "nested/phone.jpg": lambda p: p.write_bytes(rotated.getvalue()),
     }  # fmt: skip
@@ -197,7 +205,9 @@ def test_real_jpegs_match_the_preprocessed_test_set(project, model, tmp_path):
 
     # The same JPEGs as preprocess decodes them for the test split: predict must see identical pixels.
     dataset = read_dataset(MINI_JPG, 32)
-    in_order = np.concatenate([dataset.test_images[dataset.test_labels == CIFAR10.index(c)] for c in ("cat", "ship")])
+    in_order = np.concatenate(
+        [dataset.test_images[dataset.test_labels == CIFAR10.index(c)] for c in ("cat", "ship")]
+    )
     probabilities = np.asarray(model.predict_on_batch(in_order))
     for answer, p in zip(answers, probabilities):
         assert_same_top(answer["top"], predict.top_classes(p, CIFAR10, 2))
@@ -209,7 +219,10 @@ def test_real_jpegs_match_the_preprocessed_test_set(project, model, tmp_path):
 
 
 def test_top_classes_most_probable_first_ties_in_class_order():
-    assert predict.top_classes(np.array([0.1, 0.3, 0.3, 0.3]), ["a", "b", "c", "d"], 2) == [("b", 0.3), ("c", 0.3)]
+    assert predict.top_classes(np.array([0.1, 0.3, 0.3, 0.3]), ["a", "b", "c", "d"], 2) == [
+        ("b", 0.3),
+        ("c", 0.3),
+    ]
 
 
 def test_find_images_takes_named_files_as_given(tmp_path):
