@@ -38,3 +38,15 @@ lock:
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The plots page, offline: `dvc plots show` (or, with REVS="rev1 rev2 ...", `dvc plots diff REVS`) into
+# dvc_plots/index.html, with vega, vega-lite and vega-embed inlined from pinned npm packages instead of
+# loaded from a CDN. Run after `make repro`; needs npm the first time (it fetches the pinned packages).
+PLOTS_TEMPLATE := plots_page/build/template.html
+.PHONY: plots
+
+plots: $(PLOTS_TEMPLATE)
+	dvc plots $(if $(REVS),diff $(REVS),show) --html-template $(PLOTS_TEMPLATE) --out dvc_plots
+
+$(PLOTS_TEMPLATE): plots_page/template.html plots_page/build_template.py
+	python plots_page/build_template.py $@

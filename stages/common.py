@@ -144,6 +144,10 @@ SCHEMA: dict[str, Any] = {
         "epochs": integer(1, 100000),
         "threads": integer(1, 1024),
     },
+    "evaluate": {
+        "top_k": integer(1, 1000),
+        "misclassified": integer(1, 400),
+    },
     "plot": {
         "dpi": integer(20, 600),
         "width": number(1.0, 40.0),

@@ -1,4 +1,11 @@
-"""Stage 5: test-set loss and accuracy (DVC metrics) and the confusion-matrix data (a DVC plot)."""
+"""Stage 5: score the trained model on the test set.
+
+Writes DVC metrics (metrics.json: loss, accuracy, top-k accuracy; per_class.json: precision, recall and
+F1 of each class, in their own file so `dvc metrics show metrics/evaluate/metrics.json` stays short), the
+confusion-matrix data (one CSV row per test image, for DVC's `confusion` plot template) and a PNG
+grid of the most confident mistakes. Every number is computed with numpy from the predicted
+probabilities, so the definitions are the few lines below.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from stages.common import (
+    StageError,
     configure_tensorflow,
     load_model,
     load_params,
@@ -20,17 +28,60 @@ from stages.common import (
     write_json,
     write_text,
 )
-from stages.train import to_targets
+from stages.plot import plot_misclassified
+
+# Keras clips probabilities to [EPSILON, 1 - EPSILON] before the log; so do we (finite loss).
+EPSILON = 1e-7
+BATCH_SIZE = 256
 
 
-def evaluate(model: Any, images: np.ndarray, labels: np.ndarray, batch_size: int) -> tuple[dict, np.ndarray]:
-    """Return ({"loss", "accuracy"} on the test set, predicted class per image)."""
-    probabilities = model.predict(images, batch_size=batch_size, verbose=0)
-    results = model.evaluate(
-        images, to_targets(labels, model.output_shape[-1], model.loss), batch_size=batch_size, verbose=0, return_dict=True
-    )
-    metrics = {"loss": float(results["loss"]), "accuracy": float(results["accuracy"])}
-    return metrics, probabilities.argmax(axis=1)
+def cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """Mean categorical cross-entropy: -log(probability given to the true class), as Keras computes it."""
+    probabilities = probabilities.astype(np.float64)
+    probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)
+    true_class = np.clip(probabilities[np.arange(len(labels)), labels], EPSILON, 1 - EPSILON)
+    return float(-np.log(true_class).mean())
+
+
+def top_k_accuracy(probabilities: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Share of images whose true class is among the k most probable.
+
+    Ties count in the image's favour (fewer than k classes strictly more probable), as in Keras.
+    """
+    true_probability = probabilities[np.arange(len(labels)), labels]
+    more_probable = (probabilities > true_probability[:, None]).sum(axis=1)
+    return float((more_probable < k).mean())
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts [actual, predicted]."""
+    pairs = labels.astype(np.int64) * num_classes + predicted
+    return np.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def per_class_scores(matrix: np.ndarray, classes: list[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall and F1 per class; 0 where the fraction is 0/0 (as scikit-learn reports)."""
+
+    def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.divide(a, b, out=np.zeros(len(a)), where=b > 0)
+
+    hits = np.diag(matrix).astype(np.float64)
+    precision = ratio(hits, matrix.sum(axis=0))
+    recall = ratio(hits, matrix.sum(axis=1))
+    f1 = ratio(2 * precision * recall, precision + recall)
+    return {
+        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i])}
+        for i, name in enumerate(classes)
+    }
+
+
+def compute_metrics(probabilities: np.ndarray, labels: np.ndarray, top_k: int) -> dict[str, float]:
+    """The headline numbers: loss, accuracy and top-k accuracy."""
+    return {
+        "loss": cross_entropy(probabilities, labels),
+        "accuracy": float((probabilities.argmax(axis=1) == labels).mean()),
+        f"top_{top_k}_accuracy": top_k_accuracy(probabilities, labels, top_k),
+    }
 
 
 def confusion_rows(labels: np.ndarray, predicted: np.ndarray, classes: list[str]) -> str:
@@ -42,22 +93,47 @@ def confusion_rows(labels: np.ndarray, predicted: np.ndarray, classes: list[str]
     return out.getvalue()
 
 
+def predict_probabilities(model: Any, images: np.ndarray) -> np.ndarray:
+    return np.asarray(model.predict(images, batch_size=BATCH_SIZE, verbose=0))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="trained .keras model")
     parser.add_argument("data_dir", type=Path, help="directory with test.npz and classes.json")
-    parser.add_argument("out_dir", type=Path, help="where metrics.json and confusion.csv go")
+    parser.add_argument(
+        "out_dir", type=Path, help="where the metrics, confusion.csv and misclassified.png go"
+    )
     args = parser.parse_args()
     params = load_params()
+    top_k, misclassified = params["evaluate"]["top_k"], params["evaluate"]["misclassified"]
 
-    configure_tensorflow(threads=params["train"]["threads"])
-    model = load_model(args.model)
     images, labels = load_split(args.data_dir / "test.npz")
     classes = read_json(args.data_dir / "classes.json")
-    metrics, predicted = evaluate(model, images, labels, batch_size=256)
+    if top_k > len(classes):
+        raise StageError(f"params.yaml: evaluate.top_k = {top_k} is more than the {len(classes)} classes")
+    configure_tensorflow(threads=params["train"]["threads"])
+    probabilities = predict_probabilities(load_model(args.model), images)
+
+    predicted = probabilities.argmax(axis=1)
+    metrics = compute_metrics(probabilities, labels, top_k)
     write_json(args.out_dir / "metrics.json", metrics)
+    per_class = per_class_scores(confusion_matrix(labels, predicted, len(classes)), classes)
+    write_json(args.out_dir / "per_class.json", {"per_class": per_class})
     write_text(args.out_dir / "confusion.csv", confusion_rows(labels, predicted, classes))
-    print(f"evaluate: test loss {metrics['loss']:.4f}, test accuracy {metrics['accuracy']:.4f}")
+    shown = plot_misclassified(
+        images,
+        labels,
+        probabilities,
+        classes,
+        misclassified,
+        args.out_dir / "misclassified.png",
+        params["plot"]["dpi"],
+    )
+    print(
+        f"evaluate: test loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}, "
+        f"top-{top_k} accuracy {metrics[f'top_{top_k}_accuracy']:.4f}; {shown} mistakes in misclassified.png"
+    )
 
 
 if __name__ == "__main__":
