@@ -30,6 +30,9 @@ from stages.common import (
 )
 from stages.plot import plot_misclassified
 
+# A fixed resolution, so plot.* settings stay the plot stage's alone (changing them reruns only plot).
+MISCLASSIFIED_DPI = 100
+
 # Keras clips probabilities to [EPSILON, 1 - EPSILON] before the log; so do we (finite loss).
 EPSILON = 1e-7
 BATCH_SIZE = 256
@@ -128,7 +131,7 @@ def main() -> None:
         classes,
         misclassified,
         args.out_dir / "misclassified.png",
-        params["plot"]["dpi"],
+        MISCLASSIFIED_DPI,
     )
     print(
         f"evaluate: test loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}, "
