@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import make_project, set_params, sh
+from dvc.repo import Repo
+
+from conftest import make_project, set_params, sh, tool_env
 
 pytestmark = pytest.mark.e2e
 
@@ -36,12 +40,14 @@ DIRECT = {
 
 @pytest.fixture(scope="module")
 def twins(tmp_path_factory: pytest.TempPathFactory, binary_archive: Path) -> list[Path]:
-    """Two independent repos that ran the whole pipeline on the same archive with the same params."""
-    repos = []
-    for name in ("first", "second"):
-        repo = make_project(tmp_path_factory.mktemp(name) / "project", binary_archive)
-        sh(repo, "dvc", "repro")
-        repos.append(repo)
+    """Two independent repos that ran the whole pipeline on the same archive with the same params
+    (at the same time, to halve the wait: their bytes must not care)."""
+    repos = [make_project(tmp_path_factory.mktemp(name) / "project", binary_archive) for name in ("first", "second")]
+    runs = [subprocess.Popen(["dvc", "repro"], cwd=repo, env=tool_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for repo in repos]
+    for run in runs:
+        output = run.communicate(timeout=900)[0]
+        assert run.returncode == 0, output
     return repos
 
 
@@ -96,8 +102,14 @@ def another(value: object) -> object:
     return f"{value}-changed"
 
 
+def changed_stages(repo: Path) -> set[str]:
+    """The stages `dvc status --json` lists, asked in-process (0.2 s instead of 1 s per call)."""
+    with contextlib.chdir(repo), Repo() as dvc:  # stage names are relative to the working directory
+        return set(dvc.status())
+
+
 def test_each_param_reruns_only_the_stages_that_use_it(twins: list[Path]) -> None:
-    """Change every key of params.yaml in turn in a built project and ask `dvc status` what changed."""
+    """Change every key of params.yaml in turn in a built project and ask DVC what changed."""
     repo = twins[0]
     original = (repo / "params.yaml").read_text()
     after = downstream(repo)
@@ -108,7 +120,9 @@ def test_each_param_reruns_only_the_stages_that_use_it(twins: list[Path]) -> Non
         seen_groups.add(group)
         set_params(repo, {key: another(value)})
         try:
-            changed = set(json.loads(sh(repo, "dvc", "status", "--json").stdout))
+            changed = changed_stages(repo)
+            if key == "train.threads":  # the command line says the same
+                assert set(json.loads(sh(repo, "dvc", "status", "--json").stdout)) == changed
         finally:
             (repo / "params.yaml").write_text(original)
         assert changed == DIRECT.get(key, {FIRST_STAGE[group]}), key
