@@ -9,6 +9,7 @@ import contextlib
 import difflib
 import json
 import os
+import re
 import sys
 import tempfile
 import zipfile
@@ -45,11 +46,15 @@ def run(main: Callable[[], None]) -> None:
 
 
 class Rule:
-    """Accepts a value when `check` returns True; `accepted` tells the user what would pass."""
+    """Accepts a value when `check` returns True; `accepted` tells the user what would pass.
 
-    def __init__(self, accepted: str, check: Callable[[Any], bool]):
+    `names` lists the accepted words (if any), so a near miss such as 'Adam' gets a did-you-mean.
+    """
+
+    def __init__(self, accepted: str, check: Callable[[Any], bool], names: tuple[Any, ...] = ()):
         self.accepted = accepted
         self.check = check
+        self.names = names
 
 
 def integer(minimum: int | None = None, maximum: int | None = None) -> Rule:
@@ -74,7 +79,8 @@ def number(minimum: float, maximum: float, *, exclusive: bool = False) -> Rule:
 
 
 def choice(*names: Any) -> Rule:
-    return Rule("one of " + ", ".join(map(str, names)), lambda v: v in names)
+    accepted = f"'{names[0]}'" if len(names) == 1 else "one of " + ", ".join(map(str, names))
+    return Rule(accepted, lambda v: v in names, names)
 
 
 def text(accepted: str = "a string", check: Callable[[str], bool] = lambda v: True) -> Rule:
@@ -82,12 +88,17 @@ def text(accepted: str = "a string", check: Callable[[str], bool] = lambda v: Tr
 
 
 def either(*rules: Rule) -> Rule:
-    return Rule(" or ".join(r.accepted for r in rules), lambda v: any(r.check(v) for r in rules))
+    return Rule(
+        " or ".join(r.accepted for r in rules),
+        lambda v: any(r.check(v) for r in rules),
+        tuple(name for r in rules for name in r.names),
+    )
 
 
 def list_of(item: Rule, min_length: int = 1) -> Rule:
+    size = "a list (possibly empty)" if min_length == 0 else f"a list of at least {min_length} items"
     return Rule(
-        f"a list of at least {min_length} items, each {item.accepted}",
+        f"{size}, each {item.accepted}",
         lambda v: isinstance(v, list) and len(v) >= min_length and all(item.check(i) for i in v),
     )
 
@@ -159,35 +170,86 @@ SCHEMA: dict[str, Any] = {
 def validate_params(params: Any, schema: dict[str, Any] = SCHEMA, where: str = "") -> None:
     """Raise StageError naming the key path, the bad value and what is accepted."""
     if not isinstance(params, dict):
-        raise StageError(f"{PARAMS_FILE}: {where or 'top level'} must be a mapping, got {params!r}")
+        place = f"'{where[:-1]}'" if where else "the file"
+        raise StageError(
+            f"{PARAMS_FILE}: {place} must be a mapping with keys {', '.join(schema)}; got {params!r}"
+        )
     for key in params:
         if key not in schema:
-            path = f"{where}{key}"
-            close = difflib.get_close_matches(str(key), list(schema), n=1)
-            hint = f"; did you mean '{where}{close[0]}'?" if close else ""
             raise StageError(
-                f"{PARAMS_FILE}: unknown key '{path}'{hint} (accepted keys here: {', '.join(schema)})"
+                f"{PARAMS_FILE}: unknown key '{where}{key}'{_did_you_mean_key(str(key), schema, where)} "
+                f"(accepted keys here: {', '.join(schema)})"
             )
     for key, rule in schema.items():
         path = f"{where}{key}"
         if key not in params:
-            raise StageError(f"{PARAMS_FILE}: missing key '{path}'")
+            expected = f"a mapping with keys {', '.join(rule)}" if isinstance(rule, dict) else rule.accepted
+            raise StageError(f"{PARAMS_FILE}: missing key '{path}' (expected {expected})")
         value = params[key]
         if isinstance(rule, dict):
             validate_params(value, rule, f"{path}.")
         elif not rule.check(value):
-            raise StageError(f"{PARAMS_FILE}: {path} = {value!r} is not accepted; expected {rule.accepted}")
+            raise StageError(
+                f"{PARAMS_FILE}: {path} = {value!r} is not accepted; expected {rule.accepted}"
+                + _did_you_mean_name(value, rule.names)
+            )
+
+
+def _key_paths(schema: dict[str, Any], where: str = "") -> Iterator[str]:
+    for key, rule in schema.items():
+        yield f"{where}{key}"
+        if isinstance(rule, dict):
+            yield from _key_paths(rule, f"{where}{key}.")
+
+
+def _did_you_mean_key(key: str, schema: dict[str, Any], where: str) -> str:
+    """The key's home in another section ('learning_rate' -> 'model.learning_rate'), else a look-alike
+    sibling ('epoch' -> 'train.epochs'), else a look-alike anywhere."""
+    homes = {path.rpartition(".")[2]: path for path in reversed(list(_key_paths(SCHEMA)))}
+    if key in homes:
+        return f"; did you mean '{homes[key]}'?"
+    close = difflib.get_close_matches(key, list(schema), n=1)
+    if close:
+        return f"; did you mean '{where}{close[0]}'?"
+    close = difflib.get_close_matches(key, list(homes), n=1)
+    return f"; did you mean '{homes[close[0]]}'?" if close else ""
+
+
+def _did_you_mean_name(value: Any, names: tuple[Any, ...]) -> str:
+    words = [str(name) for name in names]
+    if not isinstance(value, str) or not words:
+        return ""
+    same_but_case = [word for word in words if word.lower() == value.lower()]
+    close = same_but_case or difflib.get_close_matches(value, words, n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """Reads numbers as YAML 1.2 (and DVC) do: `1e-3` is the float 0.001, not the string '1e-3'."""
+
+
+_ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.?[0-9_]*|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def load_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
-    """Read and validate the whole params file, so a typo anywhere fails every stage at once."""
+    """Read and validate the whole params file, so a typo anywhere fails every stage at once.
+
+    Stages call this first, before importing TensorFlow or reading data: a bad value fails in
+    about a second instead of after minutes of work.
+    """
     try:
         with open(path, encoding="utf-8") as f:
-            params = yaml.safe_load(f)
+            params = yaml.load(f, Loader=_ParamsLoader)
     except FileNotFoundError:
         raise StageError(f"{path}: file not found (run the stage from the project root)") from None
     except yaml.YAMLError as error:
         raise StageError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+    if params is None:
+        raise StageError(f"{path}: the file is empty; expected a mapping with keys {', '.join(SCHEMA)}")
     validate_params(params)
     return params
 
