@@ -6,7 +6,6 @@ import functools
 import http.server
 import json
 import threading
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -103,37 +102,6 @@ def test_plots_show_writes_its_page(built: Path) -> None:
     for title in ("Loss per epoch", "Accuracy per epoch", "Confusion matrix (test)"):
         assert title in page
     assert "loss.png" in page and "accuracy.png" in page
-
-
-def test_queued_two_point_sweep_shows_both_experiments(built: Path) -> None:
-    sh(built, "git", "add", "-A")
-    sh(built, "git", "commit", "-qm", "baseline run")
-    sh(built, "dvc", "exp", "run", "--queue", "-S", "train.batch_size=16,32")
-    sh(built, "dvc", "queue", "start")
-    wait_for_queue(built)
-
-    experiments = json.loads(sh(built, "dvc", "exp", "show", "--json").stdout)
-    runs = [exp for baseline in experiments for exp in (baseline.get("experiments") or [])]
-    found = {}
-    for run in runs:
-        data = run["revs"][0]["data"]
-        batch = data["params"]["params.yaml"]["data"]["train"]["batch_size"]
-        found[batch] = data["metrics"]["metrics/evaluate/metrics.json"]["data"]["accuracy"]
-    assert set(found) == {16, 32}
-    assert all(0 <= accuracy <= 1 for accuracy in found.values())
-    assert sh(built, "git", "status", "--porcelain").stdout == ""
-
-
-def wait_for_queue(repo: Path, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = sh(repo, "dvc", "queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            assert "Failed" not in status, status + sh(repo, "dvc", "queue", "logs", status.split()[0], check=False).stdout
-            return
-        time.sleep(2)
-    sh(repo, "dvc", "queue", "kill", "--all", check=False)
-    pytest.fail(f"queue not done after {timeout} s:\n{status}")
 
 
 def test_image_folder_path_on_real_cifar_jpegs(tmp_path: Path) -> None:
