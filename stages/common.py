@@ -104,6 +104,7 @@ def list_of(item: Rule, min_length: int = 1) -> Rule:
 
 
 NULL = Rule("null", lambda v: v is None)
+BOOLEAN = Rule("true or false", lambda v: isinstance(v, bool))
 
 
 def _bounds_text(minimum: Any, maximum: Any) -> str:
@@ -154,6 +155,8 @@ SCHEMA: dict[str, Any] = {
         "batch_size": integer(1, 65536),
         "epochs": integer(1, 100000),
         "threads": integer(1, 1024),
+        "steps_per_execution": integer(1, 1_000_000),
+        "jit_compile": BOOLEAN,
     },
     "evaluate": {
         "top_k": integer(1, 1000),

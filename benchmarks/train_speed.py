@@ -1,0 +1,350 @@
+"""Train speed: the plain Keras recipe against the train stage's own fit path, on the same data.
+
+    python benchmarks/train_speed.py               # real CIFAR-10 JPEGs from ../shared/data if present
+    python benchmarks/train_speed.py --tiny        # a few seconds on generated data (CI); or BENCH_TINY=1
+
+Each run trains in its own subprocess (so peak RSS is per process); plain and stage runs alternate, and
+medians of the epochs after the first (which includes tracing and compilation) are compared. A third kind
+of subprocess measures the GEMM ceiling: TensorFlow's matmul at the training shapes and a large numpy GEMM.
+The plain recipe: float32 copies of the images scaled to [0, 1], one-hot labels, model.fit(batch_size=32).
+Both use the same seed, thread count and op determinism (stages.common.configure_tensorflow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+from stages.common import load_params, load_split, save_split, write_json  # noqa: E402
+
+REAL_ARCHIVE = PROJECT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+CACHE = PROJECT / "benchmarks" / "results"
+KINDS = ("plain", "stage")
+LABELS = {"plain": "plain recipe", "stage": "train stage"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: the real JPEGs decoded by the preprocess stage's own functions, or generated images.
+# ---------------------------------------------------------------------------------------------
+
+
+def prepare_real(archive: Path, seed: int) -> Path:
+    """Decode the archive once (cached under benchmarks/results/) into train/validation .npz files."""
+    from stages.preprocess import read_dataset, split_validation
+
+    folder = CACHE / f"data-{archive.name}-{archive.stat().st_size}"
+    if not (folder / "validation.npz").exists():
+        dataset = read_dataset(archive, image_size=32)
+        train, validation = split_validation(dataset.train_images, dataset.train_labels, 0.1, seed)
+        save_split(folder / "train.npz", *train)
+        save_split(folder / "validation.npz", *validation)
+        write_json(folder / "classes.json", dataset.classes)
+    return folder
+
+
+def prepare_generated(folder: Path, count: int, seed: int) -> Path:
+    """Images whose class shows in their mean colour (learnable), 90% train / 10% validation."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=count).astype(np.int32)
+    palette = rng.integers(30, 226, size=(10, 3)).astype(np.int16)
+    images = np.empty((count, 32, 32, 3), dtype=np.uint8)
+    for start in range(0, count, 4096):  # int16 noise in slices keeps this benchmark's own memory small
+        part = slice(start, start + 4096)
+        noise = rng.integers(-60, 61, size=images[part].shape, dtype=np.int16)
+        images[part] = np.clip(palette[labels[part]][:, None, None, :] + noise, 0, 255)
+    split = count * 9 // 10
+    save_split(folder / "train.npz", images[:split], labels[:split])
+    save_split(folder / "validation.npz", images[split:], labels[split:])
+    write_json(folder / "classes.json", [f"class_{i}" for i in range(10)])
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers: each runs in its own process and prints one JSON line.
+# ---------------------------------------------------------------------------------------------
+
+
+def epoch_timer() -> Any:
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        """Wall and CPU seconds of every epoch (training plus validation), and the last logs."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.wall: list[float] = []
+            self.cpu: list[float] = []
+            self.logs: dict[str, float] = {}
+
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.started = time.perf_counter(), time.process_time()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            self.wall.append(time.perf_counter() - self.started[0])
+            self.cpu.append(time.process_time() - self.started[1])
+            self.logs = {k: float(v) for k, v in (logs or {}).items()}
+            print(f"  {epoch + 1}: {self.wall[-1]:.2f} s, loss {self.logs.get('loss', 0):.4f}", file=sys.stderr)
+
+    return EpochTimer()
+
+
+def run_plain(data: Path, params: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """The recipe as usually written: float32 arrays in [0, 1], one-hot labels, model.fit(batch_size=32)."""
+    from stages.common import configure_tensorflow
+
+    configure_tensorflow(seed=params["seed"], threads=params["train"]["threads"])
+    import keras
+
+    images, labels = load_split(data / "train.npz")
+    val_images, val_labels = load_split(data / "validation.npz")
+    classes = len(json.loads((data / "classes.json").read_text()))
+    x_train = images.reshape(len(images), -1).astype("float32") / 255
+    x_val = val_images.reshape(len(val_images), -1).astype("float32") / 255
+    y_train = keras.utils.to_categorical(labels, classes)
+    y_val = keras.utils.to_categorical(val_labels, classes)
+
+    model = keras.Sequential([keras.Input(shape=(x_train.shape[1],))])
+    for units in params["model"]["hidden_units"]:
+        model.add(keras.layers.Dense(units, activation=params["model"]["activation"]))
+    model.add(keras.layers.Dense(classes, activation="softmax"))
+    model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
+    timer = epoch_timer()
+    model.fit(x_train, y_train, batch_size=params["train"]["batch_size"], epochs=epochs,
+              validation_data=(x_val, y_val), callbacks=[timer], verbose=0)  # fmt: skip
+    return {"wall": timer.wall, "cpu": timer.cpu, "logs": timer.logs, "train": len(labels), "validation": len(val_labels)}
+
+
+def run_stage(data: Path, params: dict[str, Any], epochs: int) -> dict[str, Any]:
+    """What `python -m stages.train` does: same model, data loading, fit path and DVCLive logging."""
+    from stages.build_and_compile import build_model, compile_model
+    from stages.common import configure_tensorflow
+    from stages.train import fit, load_images
+
+    configure_tensorflow(seed=params["seed"], threads=params["train"]["threads"])
+    from dvclive import Live
+    from dvclive.keras import DVCLiveCallback
+
+    settings = params["model"]
+    classes = len(json.loads((data / "classes.json").read_text()))
+    model = build_model(params["preprocess"]["image_size"], classes, settings["hidden_units"], settings["activation"])
+    compile_model(model, settings["optimizer"], settings["learning_rate"], settings["loss"])
+    train = load_images(data / "train.npz")
+    validation = load_images(data / "validation.npz")
+    timer = epoch_timer()
+    with tempfile.TemporaryDirectory() as metrics, Live(dir=metrics, dvcyaml=False, save_dvc_exp=False, report=None) as live:
+        fit(model, train, validation, {**params["train"], "epochs": epochs}, params["seed"],
+            [timer, DVCLiveCallback(live=live)], verbose=0)  # fmt: skip
+    return {"wall": timer.wall, "cpu": timer.cpu, "logs": timer.logs, "train": len(train[1]), "validation": len(validation[1])}
+
+
+def run_gemm(params: dict[str, Any], tiny: bool) -> dict[str, float]:
+    """GFLOP/s of TensorFlow's matmul at the training shapes, and of a large numpy (OpenBLAS) GEMM."""
+    from stages.common import configure_tensorflow
+
+    configure_tensorflow(threads=params["train"]["threads"])
+    import tensorflow as tf
+
+    batch, inputs, hidden = params["train"]["batch_size"], 32 * 32 * 3, params["model"]["hidden_units"][0]
+    repeats = 5 if tiny else 200
+
+    def tf_gflops(a_shape: tuple[int, int], b_shape: tuple[int, int], transpose_a: bool) -> float:
+        rng = np.random.default_rng(0)
+        a, b = tf.constant(rng.random(a_shape, dtype=np.float32)), tf.constant(rng.random(b_shape, dtype=np.float32))
+        # One matmul per call (a loop inside one graph could be merged into a single matmul by grappler).
+        matmul = tf.function(lambda a, b: tf.matmul(a, b, transpose_a=transpose_a))
+        matmul(a, b)  # trace and warm up
+        best = min(_seconds(lambda: [matmul(a, b) for _ in range(repeats)]) for _ in range(3))
+        m, k = (a_shape[1], a_shape[0]) if transpose_a else a_shape
+        return 2 * m * k * b_shape[1] * repeats / best / 1e9
+
+    size = 256 if tiny else 2048
+    a, b = np.random.default_rng(0).random((2, size, size), dtype=np.float32)
+    a @ b
+    numpy_best = min(_seconds(lambda: a @ b) for _ in range(5))
+    return {
+        # forward: (batch x inputs) @ (inputs x hidden); weight gradient: (batch x inputs)^T @ (batch x hidden)
+        "tf_forward": tf_gflops((batch, inputs), (inputs, hidden), transpose_a=False),
+        "tf_weight_gradient": tf_gflops((batch, inputs), (batch, hidden), transpose_a=True),
+        "numpy_large": 2 * size**3 / numpy_best / 1e9,
+    }
+
+
+def _seconds(call: Any) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent: alternate the workers, then compare medians.
+# ---------------------------------------------------------------------------------------------
+
+
+def spawn(worker: str, data: Path, epochs: int, tiny: bool) -> tuple[dict[str, Any], float]:
+    """Run one worker process; return its JSON result and its peak RSS in MB (from wait4)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        command = [sys.executable, __file__, "--worker", worker, "--data", str(data), "--epochs", str(epochs),
+                   "--output", out.name] + (["--tiny"] if tiny else [])  # fmt: skip
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        process = subprocess.Popen(command, cwd=PROJECT, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            sys.exit(f"error: the {worker} worker failed (exit {os.waitstatus_to_exitcode(status)})")
+        return json.loads(Path(out.name).read_text()), usage.ru_maxrss / 1024
+
+
+def flops_per_sample(inputs: int, units: list[int], classes: int) -> tuple[float, float]:
+    """(training, inference) FLOPs per sample of the MLP: multiply-adds of every matmul count 2.
+
+    Training = forward + weight gradients + input gradients of every layer but the first (the images
+    need no gradient). Bias, activation, loss and optimizer work are left out (they are not GEMMs).
+    """
+    sizes = [inputs, *units, classes]
+    layers = [2 * a * b for a, b in zip(sizes, sizes[1:])]
+    forward = sum(layers)
+    return forward + forward + sum(layers[1:]), forward
+
+
+def summarize(results: dict[str, list[dict[str, Any]]], rss: dict[str, list[float]], gemm: list[dict[str, float]],
+              params: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    first = results["plain"][0]
+    classes = 10
+    train_flops, infer_flops = flops_per_sample(32 * 32 * 3, params["model"]["hidden_units"], classes)
+    epoch_flops = first["train"] * train_flops + first["validation"] * infer_flops
+    tf_ceiling = statistics.median(statistics.mean([g["tf_forward"], g["tf_weight_gradient"]]) for g in gemm)
+    numpy_ceiling = statistics.median(g["numpy_large"] for g in gemm)
+    summary: dict[str, Any] = {
+        "train_samples": first["train"],
+        "validation_samples": first["validation"],
+        "training_mflop_per_sample": train_flops / 1e6,
+        "gemm_gflops": {"tf_training_shapes": tf_ceiling, "numpy_large": numpy_ceiling},
+    }
+    for kind in KINDS:
+        # Epoch 1 includes tracing and (for XLA) compilation: medians are over the later epochs.
+        steady = [t for r in results[kind] for t in (r["wall"][1:] or r["wall"])]
+        cpu = [t for r in results[kind] for t in (r["cpu"][1:] or r["cpu"])]
+        epoch = statistics.median(steady)
+        gflops = epoch_flops / epoch / 1e9
+        summary[kind] = {
+            "epoch_seconds": epoch,
+            "epoch_seconds_all": steady,
+            "cpu_seconds_per_epoch": statistics.median(cpu),
+            "first_epoch_seconds": statistics.median(r["wall"][0] for r in results[kind]),
+            "samples_per_second": first["train"] / epoch,
+            "gflops": gflops,
+            "fraction_of_tf_gemm": gflops / tf_ceiling,
+            "fraction_of_numpy_gemm": gflops / numpy_ceiling,
+            "peak_rss_mb": max(rss[kind]),
+            "final_val_accuracy": results[kind][-1]["logs"].get("val_accuracy"),
+        }
+    summary["speedup"] = summary["stage"]["samples_per_second"] / summary["plain"]["samples_per_second"]
+    return summary
+
+
+def print_table(summary: dict[str, Any]) -> None:
+    rows = [
+        ("epoch, median (s)", "epoch_seconds", "{:.2f}"),
+        ("first epoch (s)", "first_epoch_seconds", "{:.2f}"),
+        ("CPU s per epoch", "cpu_seconds_per_epoch", "{:.2f}"),
+        ("samples/s", "samples_per_second", "{:.0f}"),
+        ("GFLOP/s", "gflops", "{:.1f}"),
+        ("of TF GEMM ceiling", "fraction_of_tf_gemm", "{:.0%}"),
+        ("of numpy GEMM ceiling", "fraction_of_numpy_gemm", "{:.0%}"),
+        ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
+        ("val accuracy, last", "final_val_accuracy", "{:.4f}"),
+    ]
+    print(f"\n{'':24}{LABELS['plain']:>16}{LABELS['stage']:>16}")
+    for label, key, fmt in rows:
+        cells = [fmt.format(summary[kind][key]) if summary[kind][key] is not None else "-" for kind in KINDS]
+        print(f"{label:24}{cells[0]:>16}{cells[1]:>16}")
+    ceilings = summary["gemm_gflops"]
+    print(
+        f"\nGEMM ceilings: TensorFlow matmul at the training shapes {ceilings['tf_training_shapes']:.1f} GFLOP/s, "
+        f"numpy large GEMM {ceilings['numpy_large']:.1f} GFLOP/s "
+        f"({summary['training_mflop_per_sample']:.2f} MFLOP per training sample)"
+    )
+    print(f"speed-up (samples/s, stage / plain): {summary['speedup']:.2f}x")
+
+
+def machine() -> str:
+    import importlib.metadata as metadata
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())  # fmt: skip
+    versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("tensorflow-cpu", "keras", "numpy"))
+    return f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, {versions}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", default=os.environ.get("BENCH_TINY") == "1",
+                        help="generated data, 2 epochs, 1 round: checks that the benchmark runs (CI)")  # fmt: skip
+    parser.add_argument("--archive", type=Path, default=REAL_ARCHIVE, help="CIFAR-10 JPEG archive (image folder)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default 4; tiny: 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="plain/stage pairs, alternated (default 2)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    parser.add_argument("--worker", choices=[*KINDS, "gemm"], help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    params = load_params(PROJECT / "params.yaml")
+
+    if args.worker:
+        if args.worker == "gemm":
+            result = run_gemm(params, args.tiny)
+        else:
+            result = (run_plain if args.worker == "plain" else run_stage)(args.data, params, args.epochs)
+        args.output.write_text(json.dumps(result))
+        return
+
+    epochs = args.epochs or (2 if args.tiny else 4)
+    rounds = args.rounds or (1 if args.tiny else 2)
+    print(f"machine: {machine()}")
+    print(f"load average at start: {os.getloadavg()[0]:.2f} (other processes share these cores)")
+    with tempfile.TemporaryDirectory() as scratch:
+        if not args.tiny and args.archive.exists():
+            data = prepare_real(args.archive, params["seed"])
+            source = f"real CIFAR-10 JPEGs ({args.archive.name}, decoded by stages.preprocess)"
+        else:
+            data = prepare_generated(Path(scratch), 640 if args.tiny else 50_000, params["seed"])
+            source = "generated images"
+        print(f"data: {source}; {epochs} epochs x {rounds} rounds per recipe; batch {params['train']['batch_size']}; "
+              f"train params: {params['train']}", flush=True)  # fmt: skip
+
+        results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
+        rss: dict[str, list[float]] = {kind: [] for kind in KINDS}
+        gemm = []
+        for round_number in range(rounds):
+            order = KINDS if round_number % 2 == 0 else KINDS[::-1]
+            for kind in order:
+                print(f"round {round_number + 1}/{rounds}: {LABELS[kind]}", flush=True)
+                result, peak = spawn(kind, data, epochs, args.tiny)
+                results[kind].append(result)
+                rss[kind].append(peak)
+            gemm.append(spawn("gemm", data, epochs, args.tiny)[0])
+
+    summary = summarize(results, rss, gemm, params)
+    summary.update(machine=machine(), data=source, epochs=epochs, rounds=rounds,
+                   load_average_end=os.getloadavg()[0], train_params=params["train"])  # fmt: skip
+    print_table(summary)
+    print(f"load average at end: {summary['load_average_end']:.2f}")
+    if args.json:
+        write_json(args.json, summary)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The train stage's fit path: identical weights run to run, speed knobs that keep the math, DVCLive logs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from stages.common import save_split, write_json
+from tests.conftest import PROJECT, learnable_images, sh, tool_env
+
+# Runs one small fit in a fresh process (thread counts can only be set before TensorFlow starts) and
+# prints a hash of the trained weights, the last epoch's logs and whether XLA was used.
+FIT_SCRIPT = """
+import hashlib, json, sys
+from stages.build_and_compile import build_model, compile_model
+from stages.common import configure_tensorflow
+from stages.train import fit, load_images
+
+data, settings, strategy = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+configure_tensorflow(seed=7, threads=settings.pop("threads"))
+import contextlib, tensorflow as tf
+scope = tf.distribute.OneDeviceStrategy("/cpu:0").scope() if strategy == "one_device" else contextlib.nullcontext()
+with scope:
+    model = build_model(32, 3, [16], "relu")
+    compile_model(model, "adam", 0.01, "categorical_crossentropy")
+    history = fit(model, load_images(data + "/train.npz"), load_images(data + "/validation.npz"), settings, 7, [], verbose=0)
+weights = hashlib.sha256(b"".join(w.numpy().tobytes() for w in model.weights)).hexdigest()
+print(json.dumps({"weights": weights, "logs": {k: v[-1] for k, v in history.history.items()}, "xla": model.jit_compile}))
+"""
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """90 training images (batch 16 leaves a partial last batch) and 30 validation images, 3 classes."""
+    folder = tmp_path_factory.mktemp("prepared")
+    labels = np.arange(120) % 3
+    images = learnable_images(labels, seed=1)
+    save_split(folder / "train.npz", images[:90], labels[:90])
+    save_split(folder / "validation.npz", images[90:], labels[90:])
+    write_json(folder / "classes.json", ["a", "b", "c"])
+    return folder
+
+
+def fit_in_subprocess(data: Path, strategy: str = "none", **overrides) -> dict:
+    settings = {"batch_size": 16, "epochs": 2, "threads": 2, "steps_per_execution": 2, "jit_compile": True, **overrides}
+    result = subprocess.run(
+        [sys.executable, "-c", FIT_SCRIPT, str(data), json.dumps(settings), strategy],
+        cwd=PROJECT, env=tool_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return {**json.loads(result.stdout.strip().splitlines()[-1]), "stdout": result.stdout}
+
+
+@pytest.fixture(scope="module")
+def reference(prepared: Path) -> dict:
+    return fit_in_subprocess(prepared)
+
+
+def test_fit_gives_identical_weights_run_to_run(prepared: Path, reference: dict) -> None:
+    again = fit_in_subprocess(prepared)
+    assert reference["xla"] is True
+    assert again["weights"] == reference["weights"]
+    assert again["logs"] == reference["logs"]
+    assert set(reference["logs"]) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert reference["logs"]["val_accuracy"] > 0.5  # 3 classes: it learned something
+
+
+def test_steps_per_execution_changes_speed_not_results(prepared: Path, reference: dict) -> None:
+    # 1 batch per call, or the whole epoch (and more) in one call: the same updates in the same order.
+    assert fit_in_subprocess(prepared, steps_per_execution=1)["weights"] == reference["weights"]
+    assert fit_in_subprocess(prepared, steps_per_execution=1000)["weights"] == reference["weights"]
+
+
+def test_without_xla_results_are_deterministic_too(prepared: Path) -> None:
+    first = fit_in_subprocess(prepared, jit_compile=False)
+    assert first["xla"] is False
+    assert fit_in_subprocess(prepared, jit_compile=False)["weights"] == first["weights"]
+
+
+def test_xla_falls_back_under_a_distribution_strategy(prepared: Path) -> None:
+    result = fit_in_subprocess(prepared, strategy="one_device")
+    assert result["xla"] is False
+    assert "running without XLA" in result["stdout"]
+    assert np.isfinite(result["logs"]["val_loss"])
+
+
+def test_train_stage_logs_every_epoch_with_dvclive(prepared: Path, tmp_path: Path) -> None:
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params["train"].update(epochs=3, batch_size=16)
+    params["model"]["hidden_units"] = [16]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**tool_env(), "PYTHONPATH": str(PROJECT)}
+
+    def stage(*args: str) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    stage("stages.build_and_compile", str(prepared / "classes.json"), "compiled.keras", "summary.txt")
+    result = stage("stages.train", "compiled.keras", str(prepared), "model.keras", "metrics")
+
+    metrics = json.loads((tmp_path / "metrics" / "metrics.json").read_text())
+    assert set(metrics["train"]) == {"loss", "accuracy"} and set(metrics["eval"]) == {"loss", "accuracy"}
+    assert metrics["step"] == 2
+    for series in ("train/loss", "train/accuracy", "eval/loss", "eval/accuracy"):
+        rows = (tmp_path / "metrics" / "plots" / "metrics" / f"{series}.tsv").read_text().splitlines()
+        assert len(rows) == 1 + 3, series  # header + one row per epoch: validation ran every epoch
+    assert not (tmp_path / "metrics" / "dvc.yaml").exists()  # dvcyaml=False
+    # Not a terminal: one line per epoch, no progress bar.
+    assert result.stdout.count("val_loss") == 3
+    assert "\x08" not in result.stdout and "━" not in result.stdout
+    assert (tmp_path / "model.keras").stat().st_size > 0
