@@ -62,6 +62,7 @@ def fetch(url: str, destination: Path, checksum: str | None, network: Network = 
             HttpDownload(url, tmp, network).run()
         else:
             source = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path) if scheme == "file" else url)
+            source = source.expanduser()
             if source.is_dir():
                 pack_directory(source, tmp, destination)
             elif source.is_file():
@@ -118,8 +119,7 @@ class HttpDownload:
         except (OSError, http.client.HTTPException, ValueError) as error:
             raise self._classify(error, "connecting") from None
         with response:
-            # urlopen's timeout covers connecting and the response headers; the body has its own.
-            response.fp.raw._sock.settimeout(self.network.read_timeout)
+            _set_read_timeout(response, self.network.read_timeout)
             total = self._prepare(response, offset)
             self._receive(response, total)
 
@@ -163,8 +163,16 @@ class HttpDownload:
         if isinstance(reason, TimeoutError):
             timeout = "connect_timeout" if doing == "connecting" else "read_timeout"
             seconds = getattr(self.network, timeout)
-            return Transient(f"timed out {doing} (no answer in {seconds:g} s, download.{timeout})")
+            waited = "no answer within" if doing == "connecting" else "no data for"
+            return Transient(f"timed out {doing} ({waited} {seconds:g} s, download.{timeout})")
         return Transient(f"failed {doing} ({_describe(reason)})")
+
+
+def _set_read_timeout(response: http.client.HTTPResponse, seconds: float) -> None:
+    """urlopen's timeout covers connecting and the response headers; the body gets its own."""
+    sock = getattr(getattr(response.fp, "raw", None), "_sock", None)
+    if sock is not None:  # None once a body-less response is already closed
+        sock.settimeout(seconds)
 
 
 def _describe(error: BaseException) -> str:

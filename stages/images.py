@@ -15,7 +15,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from stages.common import StageError
 
@@ -29,6 +29,10 @@ ORIENTATION = 0x0112  # the EXIF tag phones use to say "rotate me"
 
 # We check the pixel count ourselves (max_pixels) and say which file; Pillow's warning would only add noise.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
+class BadImage(StageError):
+    """An image file that cannot be decoded, or has more pixels than allowed."""
 
 
 def is_image_name(name: str) -> bool:
@@ -79,32 +83,44 @@ def decode_image(
 ) -> np.ndarray:
     """Decode an image file's bytes to an RGB uint8 array of shape (size, size, 3).
 
-    Raises StageError naming `name` when the bytes are not a readable image or have too many pixels.
+    Raises BadImage (a StageError) naming `name` if the bytes are not a readable image or have too
+    many pixels. `fit` says what to do with non-square images (see fit_image).
     """
+    if fit not in FIT_MODES:
+        raise ValueError(f"fit must be one of {FIT_MODES}, got {fit!r}")
     limit = f"over the limit of {max_pixels:,} (preprocess.limits.max_image_megapixels)"
     try:
-        image = Image.open(io.BytesIO(data), formats=FORMATS)
+        image = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
     except Image.DecompressionBombError as error:  # Pillow's own hard limit, far above ours
-        raise StageError(f"{name}: image has too many pixels, {limit} ({_reason(error)})") from None
+        raise BadImage(f"{name}: image has too many pixels, {limit} ({_reason(error)})") from None
+    except UnidentifiedImageError:
+        raise BadImage(f"{name}: not a readable image (not {', '.join(FORMATS)})") from None
     except Exception as error:  # Pillow raises many types on malformed files
-        raise StageError(f"{name}: not a readable image ({_reason(error)})") from None
+        raise BadImage(f"{name}: not a readable image ({_reason(error)})") from None
     width, height = image.size
     if width * height > max_pixels:
-        raise StageError(f"{name}: image is {width}x{height} = {width * height:,} pixels, {limit}")
+        raise BadImage(f"{name}: image is {width}x{height} = {width * height:,} pixels, {limit}")
     try:
         # JPEG only: let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers size x size.
         image.draft(None, (size, size))
         if image.getexif().get(ORIENTATION, 1) != 1:
             image = ImageOps.exif_transpose(image)
         image.load()
+        return np.asarray(fit_image(to_rgb(image), size, fit), dtype=np.uint8)
     except Exception as error:
-        raise StageError(f"{name}: not a readable image ({_reason(error)})") from None
-    return np.asarray(fit_image(to_rgb(image), size, fit), dtype=np.uint8)
+        raise BadImage(f"{name}: not a readable image ({_reason(error)})") from None
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     """Resize square RGB uint8 images (N, s, s, 3) to (N, size, size, 3)."""
     return np.stack([np.asarray(fit_image(Image.fromarray(image), size)) for image in images])
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # Linux: the CPUs this process may run on
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def _reason(error: Exception) -> str:
@@ -120,7 +136,7 @@ def _decode_chunk(
     for i, (name, data) in enumerate(files):
         try:
             images[i] = decode_image(data, size, name, fit, max_pixels)
-        except StageError as error:
+        except BadImage as error:
             if not skip_bad:
                 raise
             bad.append(i)
@@ -149,7 +165,7 @@ class ImageDecoder:
         parallel: str = "processes",
     ):
         self.options = (size, fit, max_pixels, skip_bad)
-        self.workers = workers or min(8, len(os.sched_getaffinity(0)))
+        self.workers = workers or min(8, _usable_cpus())
         self.parallel = parallel if self.workers > 1 else "serial"
         self.pool: Executor | None = None
         self.chunk: list[tuple[str, bytes]] = []
@@ -174,18 +190,18 @@ class ImageDecoder:
 
     def finish(self) -> tuple[list[str], np.ndarray, list[str]]:
         """Return (names, images) in the order added, without skipped files, and the skip messages."""
-        self._submit()
+        self._submit(last=True)
         while self.pending:
             self._collect()
         size = self.options[0]
         images = np.concatenate(self.images) if self.images else np.zeros((0, size, size, 3), np.uint8)
         return self.names, images, self.skipped
 
-    def _submit(self) -> None:
+    def _submit(self, last: bool = False) -> None:
         if not self.chunk:
             return
         chunk, self.chunk, self.chunk_bytes = self.chunk, [], 0
-        if self.parallel == "serial":
+        if self.parallel == "serial" or (last and self.pool is None):  # a few files: not worth a pool
             self._store([name for name, _ in chunk], _decode_chunk(chunk, *self.options))
             return
         if self.pool is None:
@@ -200,9 +216,7 @@ class ImageDecoder:
         try:
             result = future.result()
         except BrokenProcessPool:
-            raise StageError(
-                f"{names[0]} .. {names[-1]}: a decoder process crashed on one of these images"
-            ) from None
+            raise BadImage(f"{names[0]} .. {names[-1]}: a decoder process crashed on one of these images") from None
         self._store(names, result)
 
     def _store(self, names: list[str], result: tuple[np.ndarray, list[int], list[str]]) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from stages.common import StageError, load_params, run, save_split, write_json
-from stages.images import ImageDecoder, is_image_name, resize_images
+from stages.images import BadImage, ImageDecoder, is_image_name, resize_images
 
 BINARY_SIDE = 32
 PIXELS = 3 * BINARY_SIDE * BINARY_SIDE
@@ -59,6 +59,7 @@ class Options:
     max_members: int = 1_000_000
     max_uncompressed_bytes: int = 20_000 * 10**6
     max_image_pixels: int = 50_000_000
+    decoding: str = "processes"  # not a param (results do not depend on it); benchmarks compare "threads", "serial"
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "Options":
@@ -124,22 +125,25 @@ def iter_members(path: Path, max_members: int, max_bytes: int) -> Iterator[Membe
             size_sum += size
             if size_sum > max_bytes:
                 raise StageError(
-                    f"{path}: more than {max_bytes / 1e6:,.0f} MB once uncompressed, at member '{raw_name}' "
+                    f"{path}: more than {max_bytes:,} bytes once uncompressed, at member '{raw_name}' "
                     "(preprocess.limits.max_uncompressed_mb)"
                 )
             name = _checked_name(path, raw_name)
             if name in seen:
                 raise StageError(f"{path}: member '{name}' appears twice; which one is meant is ambiguous")
             seen.add(name)
-            bar.update(position - bar.n)
+            if position != bar.n:
+                bar.update(position - bar.n)
             yield Member(name, is_dir, read)
 
 
 def _checked_name(archive: Path, name: str) -> str:
     parts = name.replace("\\", "/").split("/")
-    if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name) or ".." in parts:
+    if parts[0] == "" or ".." in parts or re.match(r"[A-Za-z]:", name):  # absolute, C:..., or ../
         raise StageError(f"{archive}: member '{name}' points outside the archive (absolute or '..'); refused")
-    return "/".join(part for part in parts if part not in ("", "."))
+    if "" in parts or "." in parts:  # "./a", "a//b", "dir/"
+        parts = [part for part in parts if part not in ("", ".")]
+    return "/".join(parts)
 
 
 def _starts_with(path: Path, prefixes: tuple[bytes, ...]) -> bool:
@@ -152,11 +156,12 @@ def _tar_entries(path: Path) -> Iterator[tuple[str, int, bool, Callable[[], byte
         try:
             archive = tarfile.open(fileobj=raw, mode="r:*")
         except ARCHIVE_ERRORS as error:
-            raise StageError(
-                f"{path}: not a readable .tar, .tar.gz, .tgz or .zip archive ({_reason(error)})"
-            ) from None
+            raw.seek(0)
+            if raw.read(2) == b"\x1f\x8b":
+                raise StageError(f"{path}: gzip data that is not a readable tar (truncated or corrupt?)") from None
+            raise StageError(f"{path}: not a .tar, .tar.gz, .tgz, .tar.bz2, .tar.xz or .zip archive") from None
         with archive:
-            members = iter(archive)
+            members, count, position = iter(archive), 0, 0
             while True:
                 try:
                     info = next(members, None)
@@ -174,8 +179,11 @@ def _tar_entries(path: Path) -> Iterator[tuple[str, int, bool, Callable[[], byte
                     raise StageError(
                         f"{path}: member '{info.name}' is {kind}; only regular files and folders are accepted"
                     )
+                count += 1
+                if count % 256 == 0:  # for the progress bar; now and then, as tell() is a system call
+                    position = raw.tell()
                 read = functools.partial(_read_member, path, info.name, lambda i=info: archive.extractfile(i).read())
-                yield info.name, info.size, info.isdir(), read, raw.tell()
+                yield info.name, info.size, info.isdir(), read, position
 
 
 def _zip_entries(path: Path) -> Iterator[tuple[str, int, bool, Callable[[], bytes], int]]:
@@ -270,55 +278,70 @@ class ImageFolder:
         return self.root is not None
 
 
-def read_dataset(path: Path, options: Options) -> Dataset:
-    """Read any supported layout from an archive or directory; raise StageError on any problem."""
-    binary: dict[str, tuple[str, bytes]] = {}  # file name -> (member name, content)
-    folder = ImageFolder(path)
-    pickled, files, ignored = None, 0, 0
-    decoder = ImageDecoder(
-        options.image_size, options.fit, options.max_image_pixels, skip_bad=options.on_bad_image == "skip"
-    )
+@dataclass
+class Scan:
+    """What one pass over the members found."""
+
+    folder: ImageFolder
+    binary: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # file name -> (member, content)
+    names: list[str] = field(default_factory=list)  # decoded images, in the order of `images`
+    images: np.ndarray | None = None
+    skipped: list[str] = field(default_factory=list)
+    pickled: str | None = None  # a member of the pickled "python version", never read
+    files: int = 0
+    ignored: int = 0
+
+
+def scan(path: Path, options: Options) -> Scan:
+    """Read every member once: keep CIFAR binary files, decode images (in parallel) as they come."""
+    found = Scan(ImageFolder(path))
+    skip_bad = options.on_bad_image == "skip"
+    decoder = ImageDecoder(options.image_size, options.fit, options.max_image_pixels, skip_bad, parallel=options.decoding)
     # closing(): on an error, close the archive and its progress bar before the message is printed.
     members = contextlib.closing(iter_members(path, options.max_members, options.max_uncompressed_bytes))
     with decoder, members as member_iterator:
         for member in member_iterator:
-            parts = member.name.split("/")
-            files += not member.is_dir
+            parts, is_file = member.name.split("/"), not member.is_dir
+            found.files += is_file
             if any(part.startswith(".") or part == "__MACOSX" for part in parts):
-                ignored += not member.is_dir  # .DS_Store, ._photo.jpg (macOS metadata), .git, ...
-                continue
-            if not member.is_dir and (parts[-1] in CIFAR10_FILES + CIFAR100_FILES or CIFAR10_BATCH.fullmatch(parts[-1])):
-                if parts[-1] in binary:
-                    raise StageError(f"{path}: '{parts[-1]}' appears twice ('{binary[parts[-1]][0]}', '{member.name}')")
-                binary[parts[-1]] = member.name, member.read()
-                continue
-            if any(part in PICKLED_FOLDERS for part in parts) or (
-                not member.is_dir and PICKLED_NAMES.fullmatch(parts[-1])
-            ):
-                pickled = member.name  # never read: unpickling runs whatever code the file names
-                continue
-            place = folder.place(parts, member.is_dir)
-            if place and not member.is_dir and is_image_name(parts[-1]):
-                folder.add(*place, member.name)
+                found.ignored += is_file  # .DS_Store, ._photo.jpg (macOS metadata), .git, ...
+            elif is_file and (parts[-1] in CIFAR10_FILES + CIFAR100_FILES or CIFAR10_BATCH.fullmatch(parts[-1])):
+                if parts[-1] in found.binary:
+                    first = found.binary[parts[-1]][0]
+                    raise StageError(f"{path}: '{first}' and '{member.name}': two copies of {parts[-1]}")
+                found.binary[parts[-1]] = member.name, member.read()
+            elif any(part in PICKLED_FOLDERS for part in parts) or (is_file and PICKLED_NAMES.fullmatch(parts[-1])):
+                found.pickled = member.name
+            elif (place := found.folder.place(parts, member.is_dir)) and is_file and is_image_name(parts[-1]):
+                found.folder.add(*place, member.name)
                 decoder.add(member.name, member.read())
-            elif not member.is_dir:
-                ignored += 1
-        names, images, skipped = decoder.finish()
+            else:
+                found.ignored += is_file
+        found.names, found.images, found.skipped = decoder.finish()
+    return found
 
-    if binary and folder.found():
+
+def read_dataset(path: Path, options: Options) -> Dataset:
+    """Read any supported layout from an archive or directory; raise StageError on any problem."""
+    try:
+        found = scan(path, options)
+    except BadImage as error:  # name the archive too, not only the member
+        raise StageError(f"{path}: {error}") from None
+    binary = found.binary
+    if binary and found.folder.found():
         raise StageError(f"{path}: holds both CIFAR binary files and train/ or test/ folders; keep one layout")
     if any(CIFAR10_BATCH.fullmatch(name) or name in CIFAR10_FILES for name in binary):
         dataset = read_cifar10(path, binary)
     elif binary:
         dataset = read_cifar100(path, binary, options.cifar100_label)
-    elif folder.found():
-        dataset = build_image_dataset(path, folder, names, images, skipped, options)
-    elif pickled:
+    elif found.folder.found():
+        dataset = build_image_dataset(path, found, options)
+    elif found.pickled:
         raise StageError(
-            f"{path}: '{pickled}' is from the pickled 'python version' of CIFAR, which is never read "
+            f"{path}: '{found.pickled}' is from the pickled 'python version' of CIFAR, which is never read "
             f"because unpickling can run code; use the binary version instead ({BINARY_URL})"
         )
-    elif files == 0:
+    elif found.files == 0:
         raise StageError(f"{path}: the archive is empty")
     else:
         raise StageError(
@@ -326,13 +349,11 @@ def read_dataset(path: Path, options: Options) -> Dataset:
             "with train/<class>/<image> (see README, 'Your own data')"
         )
     if binary and options.test_from_train is not None:
-        raise StageError(
-            f"{path}: CIFAR binary archives have a test set; set preprocess.test_from_train: null"
-        )
+        raise StageError(f"{path}: CIFAR binary archives have a test set; set preprocess.test_from_train: null")
     if binary and options.image_size != BINARY_SIDE:
         dataset.train_images = resize_images(dataset.train_images, options.image_size)
         dataset.test_images = resize_images(dataset.test_images, options.image_size)
-    dataset.ignored = ignored
+    dataset.ignored = found.ignored
     return dataset
 
 
@@ -406,7 +427,8 @@ def _check_every_class(path: Path, classes: list[str], labels: np.ndarray) -> No
     counts = np.bincount(labels, minlength=len(classes))
     empty = [classes[i] for i in np.flatnonzero(counts == 0)]
     if empty:
-        raise StageError(f"{path}: class '{empty[0]}' has no training images ({len(empty)} classes have none)")
+        more = f" (and {len(empty) - 1} more classes)" if len(empty) > 1 else ""
+        raise StageError(f"{path}: no training images of class '{empty[0]}'{more}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,9 +436,8 @@ def _check_every_class(path: Path, classes: list[str], labels: np.ndarray) -> No
 # ---------------------------------------------------------------------------------------------
 
 
-def build_image_dataset(
-    path: Path, folder: ImageFolder, names: list[str], images: np.ndarray, skipped: list[str], options: Options
-) -> Dataset:
+def build_image_dataset(path: Path, found: Scan, options: Options) -> Dataset:
+    folder = found.folder
     root = "/".join(folder.root + [""]) if folder.root else ""
     classes = sorted(folder.files["train"])
     if not classes:
@@ -424,7 +445,7 @@ def build_image_dataset(
     unknown = sorted(set(folder.files["test"]) - set(classes))
     if unknown:
         raise StageError(f"{path}: {root}test/{unknown[0]}/ has no matching train/{unknown[0]}/ folder")
-    decoded = set(names)
+    decoded = set(found.names)
     split_names: dict[str, dict[str, list[str]]] = {split: {} for split in SPLITS}
     for split, by_class in folder.files.items():
         for cls, members in by_class.items():
@@ -447,16 +468,18 @@ def build_image_dataset(
             f"(it is {options.test_from_train})"
         )
 
-    row = {name: i for i, name in enumerate(names)}
+    row = {name: i for i, name in enumerate(found.names)}
 
     def gather(split: str) -> tuple[np.ndarray, np.ndarray]:
-        order = [(row[name], label) for label, cls in enumerate(classes) for name in split_names[split].get(cls, [])]
-        indices = np.array([i for i, _ in order], dtype=np.int64)
-        return images[indices], np.array([label for _, label in order], dtype=np.int32)
+        """Images in class order, then name order: the same dataset always gives the same arrays."""
+        by_class = [split_names[split].get(cls, []) for cls in classes]
+        indices = np.fromiter((row[name] for names in by_class for name in names), dtype=np.int64)
+        labels = np.repeat(np.arange(len(classes), dtype=np.int32), [len(names) for names in by_class])
+        return found.images[indices], labels
 
     train_images, train_labels = gather("train")
     test_images, test_labels = gather("test")
-    return Dataset(classes, train_images, train_labels, test_images, test_labels, skipped)
+    return Dataset(classes, train_images, train_labels, test_images, test_labels, found.skipped)
 
 
 def carve_test(

@@ -149,6 +149,15 @@ def test_stalled_body_times_out_after_the_retries(server: FileServer, tmp_path: 
     assert leftovers(tmp_path) == []
 
 
+def test_connect_and_read_timeouts_are_separate(server: FileServer, tmp_path: Path):
+    started = time.monotonic()
+    with pytest.raises(StageError, match="timed out reading"):
+        fetch(f"{server.url}/stall-body/data.tar.gz", tmp_path / "out", None, Network(20, 0.3, 0, 0.0))
+    with pytest.raises(StageError, match="timed out connecting"):
+        fetch(f"{server.url}/stall-headers/x", tmp_path / "out", None, Network(0.3, 20, 0, 0.0))
+    assert time.monotonic() - started < 5  # neither waited for the other, longer timeout
+
+
 def test_server_that_never_answers_times_out(server: FileServer, tmp_path: Path):
     with pytest.raises(StageError, match=r"timed out connecting .*download\.connect_timeout"):
         fetch(f"{server.url}/stall-headers/x", tmp_path / "out", None, Network(0.3, 0.3, 0, 0.0))
