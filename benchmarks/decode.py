@@ -62,7 +62,10 @@ def compare(strategies: dict, repeat: int) -> dict[str, dict]:
         for name, (function, *args) in strategies.items():
             times[name].append(timed(function, *args))
             print(f"  run {run + 1}/{repeat} {name}: {times[name][-1]:.2f} s", flush=True)
-    return {name: {"median_s": round(statistics.median(t), 2), "runs_s": [round(x, 2) for x in t]} for name, t in times.items()}
+    return {
+        name: {"median_s": round(statistics.median(runs), 2), "runs_s": [round(t, 2) for t in runs]}
+        for name, runs in times.items()
+    }
 
 
 def main() -> None:

@@ -43,9 +43,8 @@ class Network:
 
     @classmethod
     def from_params(cls, settings: dict[str, Any]) -> "Network":
-        return cls(
-            settings["connect_timeout"], settings["read_timeout"], settings["retries"], settings["retry_delay"]
-        )
+        keys = ("connect_timeout", "read_timeout", "retries", "retry_delay")
+        return cls(*(settings[key] for key in keys))
 
 
 class Transient(Exception):
@@ -56,7 +55,9 @@ def fetch(url: str, destination: Path, checksum: str | None, network: Network = 
     """Write the file at `url` to `destination`, or raise StageError and leave it untouched."""
     scheme = urllib.parse.urlparse(url).scheme
     if scheme not in ("http", "https", "file", ""):
-        raise StageError(f"{url}: unsupported URL scheme '{scheme}' (download.url accepts http, https, file or a local path)")
+        raise StageError(
+            f"{url}: unsupported URL scheme '{scheme}' (download.url takes http, https, file or a local path)"
+        )
     with atomic_path(destination) as tmp:
         if scheme in ("http", "https"):
             HttpDownload(url, tmp, network).run()
@@ -92,7 +93,8 @@ class HttpDownload:
                 return
             except Transient as problem:
                 if attempt == self.network.retries:
-                    raise StageError(f"{self.url}: {problem} (gave up after {attempt + 1} attempts)") from None
+                    gave_up = f"{self.url}: {problem} (gave up after {attempt + 1} attempts)"
+                    raise StageError(gave_up) from None
                 delay = self.network.retry_delay * 2**attempt
                 done = self.tmp.stat().st_size
                 resume = f", resuming at {done:,} bytes" if done else ""
@@ -125,7 +127,8 @@ class HttpDownload:
 
     def _prepare(self, response: http.client.HTTPResponse, offset: int) -> int | None:
         """Decide between appending (206) and starting over (200); return the full size if known."""
-        self.validator = self.validator or response.headers.get("ETag") or response.headers.get("Last-Modified")
+        if self.validator is None:
+            self.validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
         if response.status == 206:
             span, _, total = response.headers.get("Content-Range", "").removeprefix("bytes ").partition("/")
             if span.partition("-")[0] == str(offset):  # Content-Range: bytes START-END/TOTAL
@@ -200,7 +203,7 @@ def pack_directory(source: Path, tmp: Path, destination: Path) -> None:
     Symbolic links and special files are refused rather than followed or silently dropped.
     """
     if destination.resolve().is_relative_to(source.resolve()):
-        raise StageError(f"{source}: the output {destination} is inside this folder; pick a folder that does not contain it")
+        raise StageError(f"{source}: the output {destination} would be inside this folder; use another")
     paths = sorted(source.rglob("*"))
     for path in paths:
         if path.is_symlink():

@@ -209,14 +209,16 @@ class ImageDecoder:
             self.pool = kind(self.workers)
         while len(self.pending) >= 2 * self.workers:  # bounded memory: wait for the oldest chunk
             self._collect()
-        self.pending.append(([name for name, _ in chunk], self.pool.submit(_decode_chunk, chunk, *self.options)))
+        future = self.pool.submit(_decode_chunk, chunk, *self.options)
+        self.pending.append(([name for name, _ in chunk], future))
 
     def _collect(self) -> None:
         names, future = self.pending.pop(0)
         try:
             result = future.result()
         except BrokenProcessPool:
-            raise BadImage(f"{names[0]} .. {names[-1]}: a decoder process crashed on one of these images") from None
+            crashed = f"{names[0]} .. {names[-1]}: a decoder process crashed on one of these images"
+            raise BadImage(crashed) from None
         self._store(names, result)
 
     def _store(self, names: list[str], result: tuple[np.ndarray, list[int], list[str]]) -> None:

@@ -38,6 +38,7 @@ PIXELS = 3 * BINARY_SIDE * BINARY_SIDE
 CIFAR10_BATCH = re.compile(r"data_batch_(\d+)\.bin")
 CIFAR10_FILES = ("batches.meta.txt", "test_batch.bin")
 CIFAR100_FILES = ("train.bin", "test.bin", "coarse_label_names.txt", "fine_label_names.txt")
+BINARY_FILES = CIFAR10_FILES + CIFAR100_FILES
 PICKLED_FOLDERS = ("cifar-10-batches-py", "cifar-100-python")
 PICKLED_NAMES = re.compile(r"data_batch_\d+|test_batch|batches\.meta|meta|train|test")
 BINARY_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
@@ -59,7 +60,7 @@ class Options:
     max_members: int = 1_000_000
     max_uncompressed_bytes: int = 20_000 * 10**6
     max_image_pixels: int = 50_000_000
-    decoding: str = "processes"  # not a param (results do not depend on it); benchmarks compare "threads", "serial"
+    decoding: str = "processes"  # not a param: results do not depend on it (benchmarks try the others)
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "Options":
@@ -158,8 +159,10 @@ def _tar_entries(path: Path) -> Iterator[tuple[str, int, bool, Callable[[], byte
         except ARCHIVE_ERRORS as error:
             raw.seek(0)
             if raw.read(2) == b"\x1f\x8b":
-                raise StageError(f"{path}: gzip data that is not a readable tar (truncated or corrupt?)") from None
-            raise StageError(f"{path}: not a .tar, .tar.gz, .tgz, .tar.bz2, .tar.xz or .zip archive") from None
+                problem = "gzip data, but not a readable tar (truncated or corrupt?)"
+            else:
+                problem = "not a .tar, .tar.gz, .tgz, .tar.bz2, .tar.xz or .zip archive"
+            raise StageError(f"{path}: {problem}") from None
         with archive:
             members, count, position = iter(archive), 0, 0
             while True:
@@ -182,8 +185,13 @@ def _tar_entries(path: Path) -> Iterator[tuple[str, int, bool, Callable[[], byte
                 count += 1
                 if count % 256 == 0:  # for the progress bar; now and then, as tell() is a system call
                     position = raw.tell()
-                read = functools.partial(_read_member, path, info.name, lambda i=info: archive.extractfile(i).read())
+                content = functools.partial(_tar_read, archive, info)
+                read = functools.partial(_read_member, path, info.name, content)
                 yield info.name, info.size, info.isdir(), read, position
+
+
+def _tar_read(archive: tarfile.TarFile, info: tarfile.TarInfo) -> bytes:
+    return archive.extractfile(info).read()
 
 
 def _zip_entries(path: Path) -> Iterator[tuple[str, int, bool, Callable[[], bytes], int]]:
@@ -201,9 +209,9 @@ def _zip_entries(path: Path) -> Iterator[tuple[str, int, bool, Callable[[], byte
             if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise StageError(f"{path}: member '{info.filename}' is a device or special file; refused")
             if info.flag_bits & 0x1:
-                raise StageError(f"{path}: member '{info.filename}' is encrypted; unpack it and zip it without a password")
+                raise StageError(f"{path}: member '{info.filename}' is encrypted; zip it without a password")
             position += info.compress_size
-            read = functools.partial(_read_member, path, info.filename, lambda i=info: archive.read(i))
+            read = functools.partial(_read_member, path, info.filename, functools.partial(archive.read, info))
             yield info.filename, info.file_size, info.is_dir(), read, position
 
 
@@ -220,7 +228,7 @@ def _directory_entries(root: Path, folder: Path) -> Iterator[tuple[str, int, boo
             size = entry.stat(follow_symlinks=False).st_size
             yield name, size, False, path.read_bytes, 0
         else:
-            raise StageError(f"{path}: is a device or special file; only regular files and folders are accepted")
+            raise StageError(f"{path}: is a device or special file; only regular files and folders are read")
 
 
 def _read_member(archive: Path, name: str, read: Callable[[], bytes]) -> bytes:
@@ -296,7 +304,9 @@ def scan(path: Path, options: Options) -> Scan:
     """Read every member once: keep CIFAR binary files, decode images (in parallel) as they come."""
     found = Scan(ImageFolder(path))
     skip_bad = options.on_bad_image == "skip"
-    decoder = ImageDecoder(options.image_size, options.fit, options.max_image_pixels, skip_bad, parallel=options.decoding)
+    decoder = ImageDecoder(
+        options.image_size, options.fit, options.max_image_pixels, skip_bad, parallel=options.decoding
+    )
     # closing(): on an error, close the archive and its progress bar before the message is printed.
     members = contextlib.closing(iter_members(path, options.max_members, options.max_uncompressed_bytes))
     with decoder, members as member_iterator:
@@ -305,12 +315,12 @@ def scan(path: Path, options: Options) -> Scan:
             found.files += is_file
             if any(part.startswith(".") or part == "__MACOSX" for part in parts):
                 found.ignored += is_file  # .DS_Store, ._photo.jpg (macOS metadata), .git, ...
-            elif is_file and (parts[-1] in CIFAR10_FILES + CIFAR100_FILES or CIFAR10_BATCH.fullmatch(parts[-1])):
+            elif is_file and (parts[-1] in BINARY_FILES or CIFAR10_BATCH.fullmatch(parts[-1])):
                 if parts[-1] in found.binary:
                     first = found.binary[parts[-1]][0]
                     raise StageError(f"{path}: '{first}' and '{member.name}': two copies of {parts[-1]}")
                 found.binary[parts[-1]] = member.name, member.read()
-            elif any(part in PICKLED_FOLDERS for part in parts) or (is_file and PICKLED_NAMES.fullmatch(parts[-1])):
+            elif any(p in PICKLED_FOLDERS for p in parts) or (is_file and PICKLED_NAMES.fullmatch(parts[-1])):
                 found.pickled = member.name
             elif (place := found.folder.place(parts, member.is_dir)) and is_file and is_image_name(parts[-1]):
                 found.folder.add(*place, member.name)
@@ -329,7 +339,7 @@ def read_dataset(path: Path, options: Options) -> Dataset:
         raise StageError(f"{path}: {error}") from None
     binary = found.binary
     if binary and found.folder.found():
-        raise StageError(f"{path}: holds both CIFAR binary files and train/ or test/ folders; keep one layout")
+        raise StageError(f"{path}: has both CIFAR binary files and train/ or test/ folders; keep one layout")
     if any(CIFAR10_BATCH.fullmatch(name) or name in CIFAR10_FILES for name in binary):
         dataset = read_cifar10(path, binary)
     elif binary:
@@ -349,7 +359,7 @@ def read_dataset(path: Path, options: Options) -> Dataset:
             "with train/<class>/<image> (see README, 'Your own data')"
         )
     if binary and options.test_from_train is not None:
-        raise StageError(f"{path}: CIFAR binary archives have a test set; set preprocess.test_from_train: null")
+        raise StageError(f"{path}: CIFAR binary data has a test set; set preprocess.test_from_train: null")
     if binary and options.image_size != BINARY_SIDE:
         dataset.train_images = resize_images(dataset.train_images, options.image_size)
         dataset.test_images = resize_images(dataset.test_images, options.image_size)
@@ -416,7 +426,8 @@ def _read_records(
     if labels.max() >= num_classes:
         row = int(np.argmax(labels >= num_classes))
         raise StageError(
-            f"{path}: member '{name}' record {row} has label {labels[row]}, out of range for {num_classes} classes"
+            f"{path}: member '{name}' record {row} has label {labels[row]}, "
+            f"out of range for {num_classes} classes"
         )
     # Stored as R, G, B planes; Keras wants height x width x channel.
     images = records[:, label_bytes:].reshape(-1, 3, BINARY_SIDE, BINARY_SIDE).transpose(0, 2, 3, 1)

@@ -28,17 +28,20 @@ import yaml
 from local_http import FileServer, file_server, refused_url
 from PIL import Image
 
-from conftest import CLASSES, PROJECT, cifar_binary_bytes, learnable_images, make_cifar_binary_archive
+from conftest import CLASSES, PROJECT, cifar_binary_bytes, learnable_images
 
 RAW = "data/raw/dataset.archive"
 PAYLOAD = b"x" * 50_000
-NETWORK = {"download.connect_timeout": 0.5, "download.read_timeout": 0.5, "download.retries": 1, "download.retry_delay": 0.01}
+# Short timeouts and one quick retry: every download case takes well under two seconds.
+NETWORK = {
+    "download.connect_timeout": 0.5, "download.read_timeout": 0.5, "download.retries": 1, "download.retry_delay": 0.01,
+}  # fmt: skip
 
 
 @dataclass
 class Case:
     stage: str  # "download" or "preprocess"
-    make: Callable[[Path, str], dict]  # builds the input in the workspace (given the server URL); returns params
+    make: Callable[[Path, str], dict]  # (workspace, server URL) -> params; writes the input
     expect: list[str]  # all must appear in the error line
     params: dict = field(default_factory=dict)
 
@@ -65,78 +68,63 @@ def png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    pixels = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
-def good_folder(root: str = "photos") -> dict[str, bytes]:
-    return {f"{root}/{split}/{cls}/{i}.png": png() for split in ("train", "test") for cls in CLASSES for i in range(2)}
+def good_folder() -> dict[str, bytes]:
+    return {f"photos/{split}/{cls}/{i}.png": png() for split in ("train", "test") for cls in CLASSES for i in (1, 2)}
 
 
-def member(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, link: str = "") -> tuple[tarfile.TarInfo, bytes]:
+def member(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, link: str = "") -> tuple:
     info = tarfile.TarInfo(name)
     info.type, info.linkname, info.size = kind, link, len(data) if kind == tarfile.REGTYPE else 0
     return info, data
 
 
-def write_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes]] | dict[str, bytes], mode: str = "w:gz") -> None:
+def tar_bytes(members: dict[str, bytes] | list[tuple], mode: str = "w:gz") -> bytes:
+    """A tar(.gz) of {name: content}, or of member() tuples (for links, devices and folders)."""
     if isinstance(members, dict):
         members = [member(name, data) for name, data in members.items()]
-    with tarfile.open(path, mode) as archive:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as archive:
         for info, data in members:
             archive.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return buffer.getvalue()
 
 
-def raw_tar(members, mode: str = "w:gz") -> Callable[[Path, str], dict]:
-    """A builder writing these members as the preprocess input."""
-
-    def make(ws: Path, _url: str) -> dict:
-        write_tar(ws / RAW, members() if callable(members) else members, mode)
-        return {}
-
-    return make
-
-
-def raw_bytes(data: bytes) -> Callable[[Path, str], dict]:
-    def make(ws: Path, _url: str) -> dict:
-        (ws / RAW).write_bytes(data)
-        return {}
-
-    return make
+def zip_bytes(files: dict[str, bytes], symlinks: tuple[str, ...] = ()) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+        for name in symlinks:
+            info = zipfile.ZipInfo(name)
+            info.create_system, info.external_attr = 3, 0o120777 << 16  # Unix, S_IFLNK
+            archive.writestr(info, "/etc/passwd")
+    return buffer.getvalue()
 
 
-def raw_zip(files: dict[str, bytes], symlinks: tuple[str, ...] = ()) -> Callable[[Path, str], dict]:
-    def make(ws: Path, _url: str) -> dict:
-        with zipfile.ZipFile(ws / RAW, "w") as archive:
-            for name, data in files.items():
-                archive.writestr(name, data)
-            for name in symlinks:
-                info = zipfile.ZipInfo(name)
-                info.create_system, info.external_attr = 3, (0o120777 << 16)  # S_IFLNK
-                archive.writestr(info, "/etc/passwd")
-        return {}
-
-    return make
-
-
-def binary_members(batch_sizes=(20,) * 5, classes=CLASSES, labels_of=None, skip=(), meta=True) -> dict[str, bytes]:
-    """A CIFAR-10 binary layout; labels_of(name, count) may replace the labels of a batch."""
-    files = {"cifar-10-batches-bin/batches.meta.txt": ("\n".join(classes) + "\n").encode()} if meta else {}
-    names = [f"data_batch_{i}.bin" for i in range(1, len(batch_sizes) + 1)] + ["test_batch.bin"]
-    for name, count in zip(names, list(batch_sizes) + [20]):
-        if name in skip:
-            continue
-        labels = np.arange(count) % len(classes)
+def binary_members(batches: int = 5, labels_of=None, skip: str = "", meta: bool = True) -> dict[str, bytes]:
+    """A small CIFAR-10 binary layout; labels_of(file name, labels) may change a file's labels."""
+    files = {"cifar-10-batches-bin/batches.meta.txt": ("\n".join(CLASSES) + "\n").encode()} if meta else {}
+    for name in [f"data_batch_{i}.bin" for i in range(1, batches + 1)] + ["test_batch.bin"]:
+        labels = np.arange(20) % len(CLASSES)
         if labels_of:
             labels = labels_of(name, labels)
-        files[f"cifar-10-batches-bin/{name}"] = cifar_binary_bytes(learnable_images(labels % 256), labels)
+        if name != skip:
+            files[f"cifar-10-batches-bin/{name}"] = cifar_binary_bytes(learnable_images(labels % 3), labels)
     return files
 
 
-def truncated(name: str, by: int) -> Callable[[dict[str, bytes]], dict[str, bytes]]:
-    def cut(files: dict[str, bytes]) -> dict[str, bytes]:
-        return {n: (d[:-by] if n.endswith(name) else d) for n, d in files.items()}
+def label_7_in_test_record_4(name: str, labels: np.ndarray) -> np.ndarray:
+    return np.where(np.arange(len(labels)) == 4, 7, labels) if name == "test_batch.bin" else labels
 
-    return cut
+
+def folder_with(extra: dict[str, bytes] | None = None, without: str = "") -> dict[str, bytes]:
+    """good_folder() plus `extra` members, minus those whose names start with `without`."""
+    kept = {name: data for name, data in good_folder().items() if not (without and name.startswith(without))}
+    return {**kept, **(extra or {})}
 
 
 class RunsCode:
@@ -149,18 +137,36 @@ class RunsCode:
         return open, (self.marker, "w")
 
 
-def pickled_archive(ws: Path, _url: str) -> dict:
-    payload = pickle.dumps({"data": RunsCode(str(ws / "pwned")), "labels": [0]})
-    names = ["batches.meta"] + [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    write_tar(ws / RAW, {f"cifar-10-batches-py/{name}": payload for name in names})
-    return {}
+# Builders: each writes the input into a workspace `ws` and returns the params to set.
 
 
-def download_from(url_of: Callable[[Path, str], str], checksum: str | None = None) -> Callable[[Path, str], dict]:
+def raw(data: bytes | Callable[[Path], bytes]) -> Callable[[Path, str], dict]:
+    """The preprocess input data/raw/dataset.archive holds `data`."""
+
+    def make(ws: Path, _url: str) -> dict:
+        (ws / RAW).write_bytes(data(ws) if callable(data) else data)
+        return {}
+
+    return make
+
+
+def pickled_archive(ws: Path) -> bytes:
+    payload = pickle.dumps({"data": RunsCode(str(ws / "pwned")), "labels": [0]})  # ws/pwned would appear
+    names = ["batches.meta", "test_batch"] + [f"data_batch_{i}" for i in range(1, 6)]
+    return tar_bytes({f"cifar-10-batches-py/{name}": payload for name in names})
+
+
+def download(url_of: Callable[[Path, str], str], checksum: str | None = None) -> Callable[[Path, str], dict]:
+    """The download stage fetches url_of(ws, test server URL)."""
+
     def make(ws: Path, server_url: str) -> dict:
         return {"download.url": url_of(ws, server_url), "download.checksum": checksum, **NETWORK}
 
     return make
+
+
+def served(path: str) -> Callable[[Path, str], str]:
+    return lambda ws, server_url: server_url + path
 
 
 def local_file(ws: Path, _url: str) -> str:
@@ -177,96 +183,98 @@ def folder_with_symlink(ws: Path, _url: str) -> str:
 
 # ----------------------------------------------------------------------------- the corpus
 
+ARCHIVE_FORMATS = "not a .tar, .tar.gz, .tgz, .tar.bz2, .tar.xz or .zip archive"
+NOT_IMAGE = "not a readable image (not JPEG, PNG, BMP, GIF, WEBP, TIFF)"
+SYMLINK, HARDLINK, DEVICE, DIRECTORY = tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.BLKTYPE, tarfile.DIRTYPE
+
 CASES: dict[str, Case] = {
-    # download
-    "checksum mismatch": Case(
-        "download", download_from(local_file, "sha256:" + "0" * 64),
-        ["input.tar.gz", "checksum mismatch", "expected sha256:000", "got sha256:"]),
-    "http 404": Case(
-        "download", download_from(lambda ws, url: f"{url}/ok/missing.tar.gz"), ["/ok/missing.tar.gz", "HTTP 404 Not Found"]),
-    "connection refused": Case(
-        "download", download_from(lambda ws, url: refused_url()), ["http://127.0.0.1:", "refused", "gave up after 2 attempts"]),
-    "server stalls mid-body (read timeout)": Case(
-        "download", download_from(lambda ws, url: f"{url}/stall-body/data.tar.gz"),
-        ["/stall-body/data.tar.gz", "timed out reading", "download.read_timeout"]),
-    "server never answers (connect timeout)": Case(
-        "download", download_from(lambda ws, url: f"{url}/stall-headers/data.tar.gz"),
-        ["/stall-headers/data.tar.gz", "timed out connecting", "download.connect_timeout"]),
+    # download: sources, HTTP and checksums
+    "checksum mismatch": Case("download", download(local_file, "sha256:" + "0" * 64),
+                              ["input.tar.gz", "checksum mismatch", "expected sha256:000", "got sha256:"]),
+    "HTTP 404": Case("download", download(served("/ok/missing.tar.gz")),
+                     ["/ok/missing.tar.gz", "HTTP 404 Not Found"]),
+    "connection refused": Case("download", download(lambda ws, url: refused_url()),
+                               ["http://127.0.0.1:", "refused", "gave up after 2 attempts"]),
+    "server stalls mid-body": Case("download", download(served("/stall-body/data.tar.gz")),
+                                   ["/stall-body/data.tar.gz", "timed out reading", "download.read_timeout"]),
+    "server never answers": Case("download", download(served("/stall-headers/data.tar.gz")),
+                                 ["/stall-headers/data.tar.gz", "timed out connecting", "connect_timeout"]),
     "server drops the connection every time": Case(
-        "download", download_from(lambda ws, url: f"{url}/drop-always/data.tar.gz"),
-        ["/drop-always/data.tar.gz", "connection closed after 37,500 of 50,000 bytes", "gave up after 2 attempts"]),
-    "missing local file": Case(
-        "download", download_from(lambda ws, url: str(ws / "nowhere.tar.gz")), ["nowhere.tar.gz", "no such file"]),
-    "unsupported URL scheme": Case(
-        "download", download_from(lambda ws, url: "ftp://example.com/x.tar"), ["ftp://example.com/x.tar", "unsupported URL scheme"]),
-    "folder with a symlink": Case(
-        "download", download_from(folder_with_symlink), ["photos/train/cat/2.png", "symbolic link"]),
-    # containers
-    "not an archive": Case("preprocess", raw_bytes(b"hello, I am a text file\n" * 40), [RAW, "not a .tar, .tar.gz, .tgz, .tar.bz2, .tar.xz or .zip archive"]),
-    "truncated gzip": Case(
-        "preprocess", lambda ws, url: (make_cifar_binary_archive(ws / "full.tgz"), (ws / RAW).write_bytes((ws / "full.tgz").read_bytes()[:6000]), (ws / "full.tgz").unlink(), {})[-1],
-        [RAW, "truncated or corrupt"]),
-    "empty tar archive": Case("preprocess", raw_tar({}), [RAW, "the archive is empty"]),
-    "empty zip archive": Case("preprocess", raw_zip({}), [RAW, "the archive is empty"]),
-    "too many members": Case(
-        "preprocess", raw_tar(good_folder()), [RAW, "more than 5 members", "max_members"], {"preprocess.limits.max_members": 5}),
+        "download", download(served("/drop-always/data.tar.gz")),
+        ["/drop-always/data.tar.gz", "connection closed after 37,500 of 50,000 bytes", "gave up after 2"]),
+    "missing local file": Case("download", download(lambda ws, url: str(ws / "nowhere.tgz")),
+                               ["nowhere.tgz", "no such file"]),
+    "unsupported URL scheme": Case("download", download(lambda ws, url: "ftp://example.com/x.tar"),
+                                   ["ftp://example.com/x.tar", "unsupported URL scheme"]),
+    "folder with a symlink": Case("download", download(folder_with_symlink),
+                                  ["photos/train/cat/2.png", "symbolic link"]),
+    # preprocess: containers and limits
+    "not an archive": Case("preprocess", raw(b"hello, I am a text file\n" * 40), [RAW, ARCHIVE_FORMATS]),
+    "truncated gzip": Case("preprocess", raw(tar_bytes(binary_members())[:6000]),
+                           [RAW, "data_batch_1.bin' is truncated or corrupt"]),
+    "empty tar archive": Case("preprocess", raw(tar_bytes({})), [RAW, "the archive is empty"]),
+    "empty zip archive": Case("preprocess", raw(zip_bytes({})), [RAW, "the archive is empty"]),
+    "too many members": Case("preprocess", raw(tar_bytes(good_folder())),
+                             [RAW, "more than 5 members", "max_members"], {"preprocess.limits.max_members": 5}),
     "too many bytes once uncompressed": Case(
-        "preprocess", raw_tar(good_folder()), [RAW, "more than 200 bytes once uncompressed", "max_uncompressed_mb"],
+        "preprocess", raw(tar_bytes(good_folder())), [RAW, "more than 200 bytes", "max_uncompressed_mb"],
         {"preprocess.limits.max_uncompressed_mb": 0.0002}),
-    # unsafe members
-    "member named ../evil": Case("preprocess", raw_tar([member("../evil", b"x")]), [RAW, "'../evil'", "points outside"]),
-    "member with an absolute path": Case("preprocess", raw_tar([member("/etc/evil", b"x")]), [RAW, "'/etc/evil'", "points outside"]),
-    "zip-slip member": Case("preprocess", raw_zip({"photos/../../evil.png": png()}), [RAW, "'photos/../../evil.png'", "points outside"]),
-    "symlink member": Case(
-        "preprocess", raw_tar([member("photos/train/cat/link.png", kind=tarfile.SYMTYPE, link="/etc/passwd")]),
-        [RAW, "link.png", "symbolic link"]),
-    "hard link member": Case(
-        "preprocess", raw_tar([member("a.png", png()), member("hard.png", kind=tarfile.LNKTYPE, link="a.png")]),
-        [RAW, "hard.png", "hard link"]),
-    "device member": Case("preprocess", raw_tar([member("dev/sda", kind=tarfile.BLKTYPE)]), [RAW, "dev/sda", "device file"]),
-    "zip symlink member": Case("preprocess", raw_zip({}, symlinks=("photos/link.png",)), [RAW, "photos/link.png", "symbolic link"]),
-    "duplicate member": Case(
-        "preprocess", raw_tar([member("photos/train/cat/1.png", png()), member("photos/train/cat/1.png", b"x")]),
-        [RAW, "photos/train/cat/1.png", "appears twice"]),
-    "pickled archive that would run code": Case(
-        "preprocess", pickled_archive, [RAW, "cifar-10-batches-py/", "pickled", "binary version"]),
-    # CIFAR binary
+    # preprocess: unsafe members
+    "member named ../evil": Case("preprocess", raw(tar_bytes([member("../evil", b"x")])),
+                                 [RAW, "'../evil' points outside"]),
+    "member with an absolute path": Case("preprocess", raw(tar_bytes([member("/etc/evil", b"x")])),
+                                         [RAW, "'/etc/evil' points outside"]),
+    "zip-slip member": Case("preprocess", raw(zip_bytes({"photos/../../evil.png": png()})),
+                            [RAW, "'photos/../../evil.png' points outside"]),
+    "symlink member": Case("preprocess", raw(tar_bytes([member("photos/link.png", kind=SYMLINK, link="/etc")])),
+                           [RAW, "'photos/link.png' is a symbolic link"]),
+    "hard link member": Case("preprocess", raw(tar_bytes([member("a.png"), member("b.png", kind=HARDLINK, link="a.png")])),
+                             [RAW, "'b.png' is a hard link"]),
+    "device member": Case("preprocess", raw(tar_bytes([member("dev/sda", kind=DEVICE)])),
+                          [RAW, "'dev/sda' is a device file"]),
+    "zip symlink member": Case("preprocess", raw(zip_bytes({}, symlinks=("photos/link.png",))),
+                               [RAW, "'photos/link.png' is a symbolic link"]),
+    "duplicate member": Case("preprocess", raw(tar_bytes([member("p/train/c/1.png", png()), member("p/train/c/1.png")])),
+                             [RAW, "'p/train/c/1.png' appears twice"]),
+    "pickled archive that would run code": Case("preprocess", raw(pickled_archive),
+                                                [RAW, "cifar-10-batches-py/", "pickled", "binary version"]),
+    # preprocess: CIFAR binary layout
     "binary batch of the wrong size": Case(
-        "preprocess", raw_tar(truncated("data_batch_2.bin", 100)(binary_members())),
-        [RAW, "data_batch_2.bin", "61,360 bytes", "not a whole number of 3073-byte records"]),
+        "preprocess", raw(tar_bytes({n: d[:-100] if "_2" in n else d for n, d in binary_members().items()})),
+        [RAW, "data_batch_2.bin' is 61,360 bytes, not a whole number of 3073-byte records"]),
     "binary label out of range": Case(
-        "preprocess", raw_tar(binary_members(labels_of=lambda n, l: np.where(np.arange(len(l)) == 4, 7, l) if n == "test_batch.bin" else l)),
-        [RAW, "test_batch.bin", "record 4 has label 7", "out of range for 3 classes"]),
+        "preprocess", raw(tar_bytes(binary_members(labels_of=label_7_in_test_record_4))),
+        [RAW, "test_batch.bin' record 4 has label 7, out of range for 3 classes"]),
     "binary class without training images": Case(
-        "preprocess", raw_tar(binary_members(labels_of=lambda n, l: l % 2)), [RAW, "no training images of class 'bird'"]),
-    "binary without batches.meta.txt": Case("preprocess", raw_tar(binary_members(meta=False)), [RAW, "without batches.meta.txt"]),
-    "binary with a missing batch": Case(
-        "preprocess", raw_tar(binary_members(skip=("data_batch_3.bin",))), [RAW, "without data_batch_3.bin"]),
-    # image folders
+        "preprocess", raw(tar_bytes(binary_members(labels_of=lambda name, labels: labels % 2))),
+        [RAW, "no training images of class 'bird'"]),
+    "binary without batches.meta.txt": Case("preprocess", raw(tar_bytes(binary_members(meta=False))),
+                                            [RAW, "without batches.meta.txt"]),
+    "binary with a missing batch": Case("preprocess", raw(tar_bytes(binary_members(skip="data_batch_3.bin"))),
+                                        [RAW, "without data_batch_3.bin"]),
+    # preprocess: image folders
     "class folder with no images": Case(
-        "preprocess",
-        raw_tar(lambda: [member(n, d) for n, d in good_folder().items() if "/train/bird/" not in n] + [member("photos/train/bird", kind=tarfile.DIRTYPE)]),
-        [RAW, "photos/train/bird/", "has no images"]),
-    "corrupt JPEG": Case(
-        "preprocess", raw_tar({**good_folder(), "photos/train/cat/bad.jpg": jpeg()[:400]}),
-        [RAW, "photos/train/cat/bad.jpg", "not a readable image", "runcated"]),
-    "text file named .jpg": Case(
-        "preprocess", raw_tar({**good_folder(), "photos/test/bird/notes.jpg": b"shopping list: milk\n"}),
-        [RAW, "photos/test/bird/notes.jpg", "not a readable image (not JPEG, PNG, BMP, GIF, WEBP, TIFF)"]),
+        "preprocess", raw(tar_bytes([*(member(n, d) for n, d in folder_with(without="photos/train/bird/").items()),
+                                     member("photos/train/bird", kind=DIRECTORY)])),
+        [RAW, "photos/train/bird/ has no images"]),
+    "corrupt JPEG": Case("preprocess", raw(tar_bytes(folder_with({"photos/train/cat/bad.jpg": jpeg()[:400]}))),
+                         [RAW, "photos/train/cat/bad.jpg", "not a readable image", "runcated"]),
+    "text file named .jpg": Case("preprocess", raw(tar_bytes(folder_with({"photos/test/bird/notes.jpg": b"milk\n"}))),
+                                 [RAW, "photos/test/bird/notes.jpg", NOT_IMAGE]),
     "oversized image": Case(
-        "preprocess", raw_tar({**good_folder(), "photos/train/cat/huge.png": png_header_only(10_000, 8_000)}),
-        [RAW, "photos/train/cat/huge.png", "10000x8000 = 80,000,000 pixels", "max_image_megapixels"]),
-    "image outside a class folder": Case(
-        "preprocess", raw_tar({**good_folder(), "photos/train/stray.png": png()}), [RAW, "photos/train/stray.png", "not in a class folder"]),
-    "test class without a train folder": Case(
-        "preprocess", raw_tar({**good_folder(), "photos/test/dog/1.png": png()}), [RAW, "photos/test/dog/", "no matching train/dog/"]),
-    "no test folder": Case(
-        "preprocess", raw_tar({n: d for n, d in good_folder().items() if "/test/" not in n}),
-        [RAW, "no photos/test/ folder", "preprocess.test_from_train"]),
-    "no dataset layout at all": Case("preprocess", raw_tar({"notes/readme.txt": b"hi"}), [RAW, "no dataset found"]),
-    "bad on_bad_image param": Case(
-        "preprocess", raw_tar(good_folder()), ["params.yaml", "preprocess.on_bad_image = 'ignore'", "one of error, skip"],
-        {"preprocess.on_bad_image": "ignore"}),
+        "preprocess", raw(tar_bytes(folder_with({"photos/train/cat/huge.png": png_header_only(10_000, 8_000)}))),
+        [RAW, "photos/train/cat/huge.png: image is 10000x8000 = 80,000,000 pixels", "max_image_megapixels"]),
+    "image outside a class folder": Case("preprocess", raw(tar_bytes(folder_with({"photos/train/stray.png": png()}))),
+                                         [RAW, "'photos/train/stray.png' is not in a class folder"]),
+    "test class without a train folder": Case("preprocess", raw(tar_bytes(folder_with({"photos/test/dog/1.png": png()}))),
+                                              [RAW, "photos/test/dog/ has no matching train/dog/"]),
+    "no test folder": Case("preprocess", raw(tar_bytes(folder_with(without="photos/test/"))),
+                           [RAW, "no photos/test/ folder", "preprocess.test_from_train"]),
+    "no dataset layout at all": Case("preprocess", raw(tar_bytes({"notes/readme.txt": b"hi"})),
+                                     [RAW, "no dataset found"]),
+    "bad on_bad_image param": Case("preprocess", raw(tar_bytes(good_folder())),
+                                   ["params.yaml", "preprocess.on_bad_image = 'ignore'", "one of error, skip"],
+                                   {"preprocess.on_bad_image": "ignore"}),
 }  # fmt: skip
 
 

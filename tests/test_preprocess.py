@@ -171,7 +171,8 @@ def test_parallel_decoding_matches_serial_and_keeps_order(parallel: str):
 
 
 def test_skip_mode_drops_bad_files_and_reports_them():
-    files = [("a.png", encode(Image.new("RGB", (8, 8)), "PNG")), ("b.jpg", b"text"), ("c.png", encode(Image.new("RGB", (8, 8)), "PNG"))]
+    good = encode(Image.new("RGB", (8, 8)), "PNG")
+    files = [("a.png", good), ("b.jpg", b"text"), ("c.png", good)]
     with ImageDecoder(8, skip_bad=True, workers=2) as decoder:
         for name, data in files:
             decoder.add(name, data)
@@ -212,7 +213,8 @@ def make_cifar100(path: Path, train: int = 40, test: int = 20) -> tuple[np.ndarr
         coarse = fine // 2
         images = learnable_images(fine, seed=2)
         planes = images.transpose(0, 3, 1, 2).reshape(count, -1)
-        files[f"cifar-100-binary/{split}.bin"] = np.concatenate([coarse[:, None], fine[:, None], planes], axis=1).astype(np.uint8).tobytes()
+        records = np.concatenate([coarse[:, None], fine[:, None], planes], axis=1).astype(np.uint8)
+        files[f"cifar-100-binary/{split}.bin"] = records.tobytes()
         labels[split] = fine, coarse
     tar_of(path, files)
     return labels["train"]
@@ -337,7 +339,8 @@ def test_stage_outputs_are_byte_reproducible_and_counted(tmp_path: Path):
         result = run_stage(workdir, archive, {"preprocess.on_bad_image": "skip"})
         assert result.returncode == 0, result.stderr
         assert "warning: skipped photos/test/bird/broken.png: not a readable image" in result.stderr
-        outputs.append({p.relative_to(workdir).as_posix(): p.read_bytes() for p in sorted(workdir.rglob("*")) if p.is_file()})
+        files = sorted(p for p in workdir.rglob("*") if p.is_file())
+        outputs.append({p.relative_to(workdir).as_posix(): p.read_bytes() for p in files})
     assert outputs[0] == outputs[1]
     metrics = json.loads(outputs[0]["metrics/preprocess.json"])
     assert metrics == {
