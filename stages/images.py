@@ -19,7 +19,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from stages.common import StageError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# HEIC (iPhone photos) is not readable, but counts as an image so that it is reported, not ignored.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif")
 # Formats Pillow may open. Others (EPS runs Ghostscript, for one) are refused whatever the file is called.
 FORMATS = ("JPEG", "PNG", "BMP", "GIF", "WEBP", "TIFF")
 FIT_MODES = ("crop", "pad", "stretch")

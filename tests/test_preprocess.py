@@ -151,8 +151,9 @@ def test_bad_images_are_errors_that_name_the_file():
 def test_formats_that_run_programs_are_never_opened():
     """EPS would start Ghostscript; it is refused whatever the file is called."""
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
-    with pytest.raises(StageError, match=r"^x\.jpg: not a readable image"):
+    with pytest.raises(StageError, match=r"^x\.jpg: not a readable image \(not JPEG, PNG"):  # not even opened
         decode_image(eps, 32, "x.jpg")
+    assert Image.open(io.BytesIO(eps)).format == "EPS"  # what Pillow would have done by default
 
 
 @pytest.mark.parametrize("parallel", ["processes", "threads", "serial"])
