@@ -60,8 +60,9 @@ def compare(strategies: dict, repeat: int) -> dict[str, dict]:
     times: dict[str, list[float]] = {name: [] for name in strategies}
     for run in range(repeat):
         for name, (function, *args) in strategies.items():
+            load = os.getloadavg()[0]  # other work on the machine slows every strategy: say how much
             times[name].append(timed(function, *args))
-            print(f"  run {run + 1}/{repeat} {name}: {times[name][-1]:.2f} s", flush=True)
+            print(f"  run {run + 1}/{repeat} {name}: {times[name][-1]:.2f} s (load before: {load:.1f})", flush=True)
     return {
         name: {"median_s": round(statistics.median(runs), 2), "runs_s": [round(t, 2) for t in runs]}
         for name, runs in times.items()

@@ -102,9 +102,11 @@ def decode_image(
     if width * height > max_pixels:
         raise BadImage(f"{name}: image is {width}x{height} = {width * height:,} pixels, {limit}")
     try:
-        # JPEG only: let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers size x size.
-        image.draft(None, (size, size))
-        if image.getexif().get(ORIENTATION, 1) != 1:
+        if width >= 2 * size and height >= 2 * size:
+            # JPEG only: let libjpeg decode at 1/2, 1/4 or 1/8 scale when that still covers size x size.
+            image.draft(None, (size, size))
+        # Parsing EXIF costs more than decoding a 32x32 JPEG: skip it when a JPEG has no EXIF block.
+        if (image.format != "JPEG" or "exif" in image.info) and image.getexif().get(ORIENTATION, 1) != 1:
             image = ImageOps.exif_transpose(image)
         image.load()
         return np.asarray(fit_image(to_rgb(image), size, fit), dtype=np.uint8)
