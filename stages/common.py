@@ -139,10 +139,23 @@ SCHEMA: dict[str, Any] = {
     "download": {
         "url": text("a URL (http, https, file) or a local path"),
         "checksum": either(NULL, text("'md5:<32 hex digits>' or 'sha256:<64 hex digits>'", _is_checksum)),
+        "connect_timeout": number(0.0, 3600.0, exclusive=True),
+        "read_timeout": number(0.0, 3600.0, exclusive=True),
+        "retries": integer(0, 100),
+        "retry_delay": number(0.0, 3600.0),
     },
     "preprocess": {
         "image_size": integer(8, 1024),
+        "fit": choice("crop", "pad", "stretch"),
         "validation": either(number(0.0, 1.0, exclusive=True), choice("test")),
+        "test_from_train": either(NULL, number(0.0, 1.0, exclusive=True)),
+        "cifar100_label": choice("fine", "coarse"),
+        "on_bad_image": choice("error", "skip"),
+        "limits": {
+            "max_members": integer(1, 10**9),
+            "max_uncompressed_mb": number(0.0, 1e9, exclusive=True),
+            "max_image_megapixels": number(0.0, 1000.0, exclusive=True),
+        },
     },
     "model": {
         "hidden_units": list_of(integer(1, 65536), min_length=0),
