@@ -95,6 +95,8 @@ def main() -> None:
             seconds, rss, _ = run(repo, "dvc", "repro", "--single-item", name)
             stages[name] = {"seconds": seconds, "peak_rss_mb": rss}
             print(f"  {name:20}{seconds:8.1f} s{rss:8.0f} MB", flush=True)
+        results = json.loads((repo / "metrics/evaluate/metrics.json").read_text())
+        model_hash = hashlib.sha256((repo / "models/model.keras").read_bytes()).hexdigest()
         noop = []
         for _ in range(NOOP_RUNS):
             seconds, _, output = run(repo, "dvc", "repro")
@@ -106,10 +108,13 @@ def main() -> None:
     print(f"  {'total':20}{total:8.1f} s  ({total / 60:.1f} min)")
     print(f"  {'no-op dvc repro':20}{statistics.median(noop):8.2f} s  (median of {NOOP_RUNS}: "
           f"{', '.join(f'{s:.2f}' for s in noop)})")  # fmt: skip
+    print(f"  test accuracy {results['accuracy']:.4f}, test loss {results['loss']:.4f}; "
+          f"models/model.keras sha256 {model_hash}")  # fmt: skip
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
     if args.json:
         result: dict[str, Any] = {"archive": str(args.archive), "epochs": epochs, "stages": stages,
-                                  "total_seconds": total, "noop_seconds": noop}  # fmt: skip
+                                  "total_seconds": total, "noop_seconds": noop, "test": results,
+                                  "model_sha256": model_hash}  # fmt: skip
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 
 
