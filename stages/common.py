@@ -170,6 +170,7 @@ SCHEMA: dict[str, Any] = {
         "threads": integer(1, 1024),
         "steps_per_execution": integer(1, 1_000_000),
         "jit_compile": BOOLEAN,
+        "distribution": choice("single", "mirrored", "multi_worker"),
     },
     "evaluate": {
         "top_k": integer(1, 1000),

@@ -5,11 +5,15 @@ per batch of `train.batch_size`, validation after every epoch. What makes it fas
 "Performance"): the uint8 images stay in memory as one tensor and batches are gathered inside TensorFlow
 (no float32 copy of the dataset, no Python per batch), many batches run per call into TensorFlow
 (`train.steps_per_execution`) and each training step is compiled by XLA (`train.jit_compile`).
+
+A killed run resumes after its last completed epoch (stages/backup.py), and `train.distribution` spreads
+every batch over several devices or machines (stages/distribute.py): README, "Scaling out and resuming".
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -17,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from stages.common import configure_tensorflow, load_model, load_params, load_split, run, save_model
+from stages import distribute
+from stages.backup import DEFAULT_DIR, Backup, run_key
+from stages.common import StageError, configure_tensorflow, load_model, load_params, load_split, run, save_model
 
 # oneDNN's allocator keeps every freed block in its own pool; the system allocator gives large blocks back
 # (~130 MB less peak memory here). Read when TensorFlow loads, so it is set before anything imports it.
@@ -45,22 +51,48 @@ def load_images(path: Path) -> tuple[Any, np.ndarray]:
     return tf.concat(slices, axis=0), labels
 
 
-def batches(images: Any, targets: np.ndarray, batch_size: int, shuffle_seed: int | None = None) -> Any:
-    """A tf.data pipeline of (images, targets) batches, reshuffled every epoch when a seed is given.
+def index_batches(size: int, batch_size: int, replicas: int = 1, seed: int | None = None, epoch: Any = None) -> Any:
+    """Batches of row numbers 0 ... size-1, in a fresh order every epoch when a seed is given.
 
-    Only the batch indices flow through tf.data; each batch is gathered from the in-memory tensors.
+    The order depends only on (seed, epoch), `epoch` being the variable `epoch_counter` sets: a run resumed
+    at epoch 7 sees the batches an uninterrupted run sees. A last batch with fewer rows than replicas is
+    left out, as every replica needs at least one row.
     """
     import tensorflow as tf
 
+    def one_epoch(_: Any) -> Any:
+        rows = tf.range(size, dtype=tf.int64)
+        if seed is not None:
+            rows = tf.random.experimental.stateless_shuffle(rows, seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices(rows).batch(batch_size)
+
+    count = size // batch_size + (size % batch_size >= replicas)
+    # Built when each epoch starts, so it reads that epoch's number. A known length lets Keras stop after
+    # the last batch, not run into the end of the data (which costs an extra optimizer step).
+    dataset = tf.data.Dataset.from_tensors(0).flat_map(one_epoch).take(count)
+    return dataset.apply(tf.data.experimental.assert_cardinality(count))
+
+
+def gather(indices: Any, images: Any, targets: np.ndarray) -> Any:
+    """(images, targets) batches for batches of row numbers: only the numbers flow through tf.data, each
+    batch is gathered from the in-memory tensors."""
+    import tensorflow as tf
+
     targets = tf.constant(targets)
-    indices = tf.data.Dataset.range(images.shape[0])
-    if shuffle_seed is not None:
-        indices = indices.shuffle(images.shape[0], seed=shuffle_seed, reshuffle_each_iteration=True)
-    dataset = indices.batch(batch_size).map(lambda i: (tf.gather(images, i), tf.gather(targets, i)))
+    dataset = indices.map(lambda i: (tf.gather(images, i), tf.gather(targets, i)))
     options = tf.data.Options()
     # tf.data's graph rewrites serialise the dataset, which would copy the captured images once more.
     options.experimental_optimization.apply_default_optimizations = False
     return dataset.with_options(options)
+
+
+def epoch_counter() -> tuple[Any, Any]:
+    """A variable holding the number of the epoch being trained, and the Keras callback that sets it."""
+    import keras
+    import tensorflow as tf
+
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+    return epoch, keras.callbacks.LambdaCallback(on_epoch_begin=lambda number, logs: epoch.assign(number))
 
 
 def use_xla(model: Any, requested: bool) -> bool:
@@ -98,22 +130,72 @@ def fit(
     seed: int,
     callbacks: list[Any],
     verbose: int | str = "auto",
+    strategy: Any = None,
+    initial_epoch: int = 0,
 ) -> Any:
-    """Train `model` in place on (images, labels) splits with the `train:` params; returns the History."""
+    """Train `model` in place on (images, labels) splits with the `train:` params; returns the History.
+
+    Starts after `initial_epoch` completed epochs. Under a tf.distribute `strategy` (the model made in its
+    scope) each replica trains on its slice of every batch; without one, Keras' model.fit does the work.
+    """
     num_classes = model.output_shape[-1]
+    train_targets = to_targets(train[1], num_classes, model.loss)
+    validation_targets = to_targets(validation[1], num_classes, model.loss)
+    replicas = distribute.replicas(strategy)
+    epoch, set_epoch = epoch_counter()
+    callbacks = [set_epoch, *callbacks, memory_release()]
+
+    def train_batches() -> Any:
+        return index_batches(len(train_targets), settings["batch_size"], replicas, seed, epoch)
+
+    def validation_batches() -> Any:
+        return index_batches(len(validation_targets), settings["batch_size"], replicas)
+
+    if strategy is not None:
+        if settings["jit_compile"] or settings["steps_per_execution"] > 1:
+            print("train: jit_compile and steps_per_execution apply to single-process training; not used here")
+        return distribute.fit(
+            model,
+            strategy,
+            distribute.distribute_batches(strategy, train_batches, lambda rows: gather(rows, train[0], train_targets)),
+            distribute.distribute_batches(
+                strategy, validation_batches, lambda rows: gather(rows, validation[0], validation_targets)
+            ),
+            settings["epochs"],
+            initial_epoch,
+            callbacks,
+            example=(train[0][:1], train_targets[:1]),
+        )
     # Execution knobs, not part of the saved model: they change speed (XLA also the rounding), not the math.
     # Keras refuses XLA whenever TF op determinism is on, because some XLA *GPU* kernels are not
     # deterministic; on the CPU the XLA step gives identical weights run to run (tests/test_train.py).
     model._jit_compile = use_xla(model, settings["jit_compile"])
     model.steps_per_execution = settings["steps_per_execution"]
     return model.fit(
-        batches(train[0], to_targets(train[1], num_classes, model.loss), settings["batch_size"], seed),
-        validation_data=batches(validation[0], to_targets(validation[1], num_classes, model.loss), settings["batch_size"]),
+        gather(train_batches(), train[0], train_targets),
+        validation_data=gather(validation_batches(), validation[0], validation_targets),
         epochs=settings["epochs"],
-        shuffle=False,  # batches() reshuffles the training set every epoch itself
-        callbacks=[*callbacks, memory_release()],
+        initial_epoch=initial_epoch,
+        shuffle=False,  # index_batches() shuffles the training set every epoch itself
+        callbacks=callbacks,
         verbose=verbose,
     )
+
+
+def resume(backup: Backup, strategy: Any, model: Any, metrics_dir: Path | None) -> int:
+    """Load the last backup of this run into `model` (and DVCLive's folder) if there is one; return the
+    number of epochs it completed, 0 when training starts afresh. Every worker gets the same answer."""
+    backup.forget_other_runs()
+    epoch = distribute.agreed_epoch(strategy, backup.latest())
+    if epoch and epoch not in backup.epochs():
+        raise StageError(
+            f"{backup.dir}: no backup of epoch {epoch}, where the other workers resume; "
+            f"delete {backup.root} on every worker to start over"
+        )
+    if epoch:
+        backup.restore(model, epoch, metrics_dir)
+        print(f"train: resuming after epoch {epoch} from {backup.dir}")
+    return epoch
 
 
 def main() -> None:
@@ -122,22 +204,39 @@ def main() -> None:
     parser.add_argument("data_dir", type=Path, help="directory with train.npz and validation.npz")
     parser.add_argument("model", type=Path, help="where to save the trained .keras model")
     parser.add_argument("metrics_dir", type=Path, help="DVCLive directory for per-epoch metrics")
+    parser.add_argument("--backup-dir", type=Path, default=DEFAULT_DIR, help=f"per-epoch backups (default {DEFAULT_DIR})")
     args = parser.parse_args()
     params = load_params()
     settings = params["train"]
+    worker = distribute.worker_index(settings["distribution"])
+    chief = worker == 0  # the only process that writes the model and the metrics
 
     configure_tensorflow(seed=params["seed"], threads=settings["threads"])
+    strategy = distribute.make_strategy(settings["distribution"], settings["batch_size"])
     from dvclive import Live
     from dvclive.keras import DVCLiveCallback
 
-    model = load_model(args.compiled_model)
-    train = load_images(args.data_dir / "train.npz")
-    validation = load_images(args.data_dir / "validation.npz")
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = load_model(args.compiled_model)
+    inputs = [args.compiled_model, args.data_dir / "train.npz", args.data_dir / "validation.npz"]
+    train = load_images(inputs[1])
+    validation = load_images(inputs[2])
+    backup = Backup(args.backup_dir, run_key(params, inputs), worker)
+    metrics_dir = args.metrics_dir if chief else None
+    initial_epoch = resume(backup, strategy, model, metrics_dir)
+    # After DVCLive's callback has logged the epoch, so that the backup holds its metrics too.
+    callbacks = [backup.callback(model, metrics_dir)]
     verbose = 1 if sys.stdout.isatty() else 2  # progress bars on a terminal, one line per epoch in logs
-    # dvcyaml=False: the metrics and plots are declared in dvc.yaml by hand, not rewritten by DVCLive.
-    with Live(dir=str(args.metrics_dir), dvcyaml=False, save_dvc_exp=False, report=None) as live:
-        fit(model, train, validation, settings, params["seed"], [DVCLiveCallback(live=live)], verbose)
-    save_model(model, args.model)
+    if chief:
+        # dvcyaml=False: the metrics and plots are declared in dvc.yaml by hand, not rewritten by DVCLive.
+        with Live(dir=str(metrics_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=initial_epoch > 0) as live:
+            live.step = initial_epoch  # DVCLive's own resume would log the epoch after epoch 1 as step 0 again
+            callbacks.insert(0, DVCLiveCallback(live=live))
+            fit(model, train, validation, settings, params["seed"], callbacks, verbose, strategy, initial_epoch)
+        save_model(model, args.model)
+    else:
+        fit(model, train, validation, settings, params["seed"], callbacks, verbose, strategy, initial_epoch)
+    backup.delete()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,93 @@
+"""Resume an interrupted train stage from its last completed epoch.
+
+After every epoch the train stage leaves a backup outside DVC's outputs (default `.dvc/tmp/train-backup`,
+which git and DVC ignore): `<run key>-worker-<i>/epoch-0007/` holds the weights and optimizer state after
+7 epochs and, on the worker that writes the metrics, a copy of the DVCLive folder at that moment. DVC
+deletes a stage's outputs before it reruns the stage, so the DVCLive history must come back from the
+backup too. A backup is written beside the last one and renamed into place, so a kill at any instant
+leaves a whole one. The run key is a hash of the params and input files the stage reads: a backup is
+only ever used by the run that made it. A run that finishes deletes its backup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DIR = Path(".dvc/tmp/train-backup")
+KEEP = 2  # workers killed a moment apart may hold backups one epoch apart: keep the previous one too
+
+
+def run_key(params: dict[str, Any], inputs: list[Path]) -> str:
+    """What makes a run: the seed, every train param and the bytes of every input file."""
+    digest = hashlib.sha256(json.dumps([params["seed"], params["train"]], sort_keys=True).encode())
+    for path in inputs:
+        with open(path, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()[:16]
+
+
+class Backup:
+    """The backups of one worker of one run: `root/<key>-worker-<worker>/epoch-NNNN/`."""
+
+    def __init__(self, root: Path, key: str, worker: int = 0):
+        self.suffix = f"-worker-{worker}"
+        self.root = Path(root)
+        self.dir = self.root / f"{key}{self.suffix}"
+
+    def epochs(self) -> list[int]:
+        """Completed epochs with a whole backup, oldest first."""
+        if not self.dir.is_dir():
+            return []
+        numbers = [p.name.removeprefix("epoch-") for p in self.dir.glob("epoch-*")]
+        return sorted(int(n) for n in numbers if n.isdigit())  # not the half-written epoch-NNNN.tmp
+
+    def latest(self) -> int:
+        """The last completed epoch with a backup; 0 when there is none."""
+        return max(self.epochs(), default=0)
+
+    def forget_other_runs(self) -> None:
+        """Delete this worker's backups of runs with other params or inputs, and half-written ones."""
+        for stale in self.root.glob(f"*{self.suffix}"):
+            if stale != self.dir:
+                shutil.rmtree(stale, ignore_errors=True)
+        for partial in self.dir.glob("*.tmp"):
+            shutil.rmtree(partial, ignore_errors=True)
+
+    def save(self, model: Any, epoch: int, metrics_dir: Path | None) -> None:
+        """Back up the state after `epoch` completed epochs, then drop all but the last KEEP backups."""
+        final = self.dir / f"epoch-{epoch:04d}"
+        partial = self.dir / f"epoch-{epoch:04d}.tmp"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        model.save_weights(partial / "model.weights.h5")  # weights and optimizer state
+        if metrics_dir is not None:
+            shutil.copytree(metrics_dir, partial / "metrics")
+        partial.rename(final)
+        for old in self.epochs()[:-KEEP]:
+            shutil.rmtree(self.dir / f"epoch-{old:04d}")
+
+    def callback(self, model: Any, metrics_dir: Path | None) -> Any:
+        """A Keras callback that backs up after every epoch."""
+        import keras
+
+        return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: self.save(model, epoch + 1, metrics_dir))
+
+    def restore(self, model: Any, epoch: int, metrics_dir: Path | None) -> None:
+        """Load the state after `epoch` epochs into `model`, and its DVCLive folder into `metrics_dir`."""
+        for newer in [e for e in self.epochs() if e > epoch]:  # a worker ahead of the others redoes that epoch
+            shutil.rmtree(self.dir / f"epoch-{newer:04d}")
+        saved = self.dir / f"epoch-{epoch:04d}"
+        model.load_weights(saved / "model.weights.h5")
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            shutil.copytree(saved / "metrics", metrics_dir)
+
+    def delete(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        with contextlib.suppress(OSError):  # other workers on this machine may still be using it
+            self.root.rmdir()
