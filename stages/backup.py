@@ -35,6 +35,7 @@ class Backup:
     """The backups of one worker of one run: `root/<key>-worker-<worker>/epoch-NNNN/`."""
 
     def __init__(self, root: Path, key: str, worker: int = 0):
+        self.key = key
         self.suffix = f"-worker-{worker}"
         self.root = Path(root)
         self.dir = self.root / f"{key}{self.suffix}"

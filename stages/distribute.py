@@ -77,14 +77,14 @@ def replicas(strategy: Any | None) -> int:
     return 1 if strategy is None else strategy.num_replicas_in_sync
 
 
-def agreed_epoch(strategy: Any | None, epoch: int) -> int:
-    """The smallest `epoch` of all workers: workers killed a moment apart may be one backup apart."""
+def from_every_worker(strategy: Any | None, value: int) -> list[int]:
+    """`value` as each replica of every worker has it: how workers compare notes before training."""
     if strategy is None:
-        return epoch
+        return [value]
     import tensorflow as tf
 
-    every_replica = strategy.gather(strategy.run(lambda: tf.constant([epoch], tf.int64)), axis=0)
-    return int(tf.reduce_min(every_replica))
+    gathered = strategy.gather(strategy.run(lambda: tf.constant([value], tf.int64)), axis=0)
+    return [int(v) for v in gathered.numpy()]
 
 
 def distribute_batches(strategy: Any, index_batches: Callable[[], Any], gather: Callable[[Any], Any]) -> Any:
@@ -134,20 +134,27 @@ def fit(
     callbacks.on_train_begin()
     logs: dict[str, Any] = {}
     for epoch in range(initial_epoch, epochs):
-        model.reset_metrics()
         callbacks.on_epoch_begin(epoch)
-        for batch in train:
-            train_step(batch)
-        # Metric variables sum over replicas when read here, so these are the whole epoch's results.
-        logs = {name: float(value) for name, value in model.get_metrics_result().items()}
-        model.reset_metrics()
-        for batch in validation:
-            test_step(batch)
-        logs.update({f"val_{name}": float(value) for name, value in model.get_metrics_result().items()})
+        try:
+            logs = _one_epoch(model, train_step, train, test_step, validation)
+        except tf.errors.UnavailableError:  # another worker died: the collective ops are aborted
+            raise StageError(f"epoch {epoch + 1}: lost contact with another worker; restart every worker, they resume") from None
         print(f"Epoch {epoch + 1}/{epochs} - " + " - ".join(f"{name}: {value:.4f}" for name, value in logs.items()))
         callbacks.on_epoch_end(epoch, logs)
     callbacks.on_train_end(logs)
     return history
+
+
+def _one_epoch(model: Any, train_step: Any, train: Any, test_step: Any, validation: Any) -> dict[str, float]:
+    model.reset_metrics()
+    for batch in train:
+        train_step(batch)
+    # Metric variables sum over replicas when read here, so these are the whole epoch's results.
+    logs = {name: float(value) for name, value in model.get_metrics_result().items()}
+    model.reset_metrics()
+    for batch in validation:
+        test_step(batch)
+    return logs | {f"val_{name}": float(value) for name, value in model.get_metrics_result().items()}
 
 
 def _create_metric_variables(model: Any, strategy: Any, images: Any, targets: Any) -> None:

@@ -185,8 +185,11 @@ def fit(
 def resume(backup: Backup, strategy: Any, model: Any, metrics_dir: Path | None) -> int:
     """Load the last backup of this run into `model` (and DVCLive's folder) if there is one; return the
     number of epochs it completed, 0 when training starts afresh. Every worker gets the same answer."""
+    if len(set(distribute.from_every_worker(strategy, int(backup.key[:15], 16)))) > 1:
+        raise StageError("the workers differ in params.yaml or in the stage's input files; give them all the same")
     backup.forget_other_runs()
-    epoch = distribute.agreed_epoch(strategy, backup.latest())
+    # Workers killed a moment apart may be one backup apart: all resume from the oldest.
+    epoch = min(distribute.from_every_worker(strategy, backup.latest()))
     if epoch and epoch not in backup.epochs():
         raise StageError(
             f"{backup.dir}: no backup of epoch {epoch}, where the other workers resume; "

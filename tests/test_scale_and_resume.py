@@ -77,17 +77,21 @@ def start(command: list[str], cwd: Path, **env: str) -> subprocess.Popen:
 
 
 def finish(processes: list[subprocess.Popen], timeout: float = 300) -> list[str]:
-    """Wait for every process and return their output; kill them all if any fails or hangs."""
+    """Wait for every process to succeed and return their output; kill them all if any fails or hangs."""
     try:
         outputs = [process.communicate(timeout=timeout)[0] for process in processes]
         for process, output in zip(processes, outputs):
             assert process.returncode == 0, output
         return outputs
     finally:
-        for process in processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        finish_killing(processes)
+
+
+def finish_killing(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def weights(path: Path) -> list[np.ndarray]:
@@ -135,6 +139,22 @@ def test_two_worker_processes_train_like_one_process(inputs: Path, single_run: P
     assert sorted(p.name for p in runs[0].iterdir()) == ["metrics", "model.keras", "params.yaml"]
     assert sorted(p.name for p in runs[1].iterdir()) == ["params.yaml"], "worker 1 wrote outputs"
     assert_same_training(single_run, runs[0], WEIGHT_TOLERANCE)
+
+
+def test_workers_with_different_params_refuse_to_train(inputs: Path, tmp_path: Path) -> None:
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    runs = [workdir(tmp_path / f"worker{index}", "multi_worker", epochs=EPOCHS + index) for index in range(2)]
+    processes = [
+        start(train_command(inputs), run, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        for index, run in enumerate(runs)
+    ]
+    try:
+        outputs = [process.communicate(timeout=300)[0] for process in processes]
+    finally:
+        finish_killing(processes)
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 1, output
+        assert "error: the workers differ in params.yaml or in the stage's input files" in output
 
 
 def test_mirrored_strategy_on_two_cpu_devices_trains_like_one_device(inputs: Path, single_run: Path, tmp_path: Path) -> None:
