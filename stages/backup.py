@@ -76,11 +76,12 @@ class Backup:
         """A Keras callback that backs up after every epoch."""
         import keras
 
-        return keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: self.save(model, epoch + 1, metrics_dir))
+        save = lambda epoch, logs: self.save(model, epoch + 1, metrics_dir)  # noqa: E731
+        return keras.callbacks.LambdaCallback(on_epoch_end=save)
 
     def restore(self, model: Any, epoch: int, metrics_dir: Path | None) -> None:
         """Load the state after `epoch` epochs into `model`, and its DVCLive folder into `metrics_dir`."""
-        for newer in [e for e in self.epochs() if e > epoch]:  # a worker ahead of the others redoes that epoch
+        for newer in [e for e in self.epochs() if e > epoch]:  # a worker ahead of the others redoes it
             shutil.rmtree(self.dir / f"epoch-{newer:04d}")
         saved = self.dir / f"epoch-{epoch:04d}"
         model.load_weights(saved / "model.weights.h5")

@@ -25,13 +25,14 @@ from typing import Any, Callable
 
 from stages.common import StageError
 
+
 def worker_from_tf_config(environ: dict[str, str] | None = None) -> tuple[int, int]:
     """(index of this worker, number of workers) from TF_CONFIG, checked with a one-line error."""
     environ = os.environ if environ is None else environ
     example = '{"cluster": {"worker": ["host0:port", "host1:port"]}, "task": {"type": "worker", "index": 0}}'
     raw = environ.get("TF_CONFIG")
     if not raw:
-        raise StageError(f"train.distribution = multi_worker needs the TF_CONFIG environment variable, e.g. {example}")
+        raise StageError(f"train.distribution = multi_worker needs the TF_CONFIG environment variable, like {example}")
     try:
         config = json.loads(raw)
         workers, task = config["cluster"]["worker"], config["task"]
@@ -69,7 +70,8 @@ def make_strategy(distribution: str, batch_size: int) -> Any | None:
             f"params.yaml: train.batch_size = {batch_size} does not split evenly over the {count} replicas of "
             f"train.distribution = {distribution}; use a multiple of {count}"
         )
-    print(f"train: {distribution}, {count} replicas, {batch_size // count} images each per batch of {batch_size}")
+    share = batch_size // count
+    print(f"train: {distribution} on {count} replicas, {share} images each of every batch of {batch_size}")
     return strategy
 
 
@@ -138,7 +140,8 @@ def fit(
         try:
             logs = _one_epoch(model, train_step, train, test_step, validation)
         except tf.errors.UnavailableError:  # another worker died: the collective ops are aborted
-            raise StageError(f"epoch {epoch + 1}: lost contact with another worker; restart every worker, they resume") from None
+            lost = f"epoch {epoch + 1}: lost contact with another worker; restart every worker, they resume"
+            raise StageError(lost) from None
         print(f"Epoch {epoch + 1}/{epochs} - " + " - ".join(f"{name}: {value:.4f}" for name, value in logs.items()))
         callbacks.on_epoch_end(epoch, logs)
     callbacks.on_train_end(logs)

@@ -23,7 +23,15 @@ import numpy as np
 
 from stages import distribute
 from stages.backup import DEFAULT_DIR, Backup, run_key
-from stages.common import StageError, configure_tensorflow, load_model, load_params, load_split, run, save_model
+from stages.common import (
+    StageError,
+    configure_tensorflow,
+    load_model,
+    load_params,
+    load_split,
+    run,
+    save_model,
+)
 
 # oneDNN's allocator keeps every freed block in its own pool; the system allocator gives large blocks back
 # (~130 MB less peak memory here). Read when TensorFlow loads, so it is set before anything imports it.
@@ -51,7 +59,9 @@ def load_images(path: Path) -> tuple[Any, np.ndarray]:
     return tf.concat(slices, axis=0), labels
 
 
-def index_batches(size: int, batch_size: int, replicas: int = 1, seed: int | None = None, epoch: Any = None) -> Any:
+def index_batches(
+    size: int, batch_size: int, replicas: int = 1, seed: int | None = None, epoch: Any = None
+) -> Any:
     """Batches of row numbers 0 ... size-1, in a fresh order every epoch when a seed is given.
 
     The order depends only on (seed, epoch), `epoch` being the variable `epoch_counter` sets: a run resumed
@@ -63,7 +73,8 @@ def index_batches(size: int, batch_size: int, replicas: int = 1, seed: int | Non
     def one_epoch(_: Any) -> Any:
         rows = tf.range(size, dtype=tf.int64)
         if seed is not None:
-            rows = tf.random.experimental.stateless_shuffle(rows, seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+            key = tf.stack([tf.constant(seed, tf.int64), epoch])
+            rows = tf.random.experimental.stateless_shuffle(rows, seed=key)
         return tf.data.Dataset.from_tensor_slices(rows).batch(batch_size)
 
     count = size // batch_size + (size % batch_size >= replicas)
@@ -153,11 +164,13 @@ def fit(
 
     if strategy is not None:
         if settings["jit_compile"] or settings["steps_per_execution"] > 1:
-            print("train: jit_compile and steps_per_execution apply to single-process training; not used here")
+            print("train: jit_compile and steps_per_execution apply to single-process training only")
         return distribute.fit(
             model,
             strategy,
-            distribute.distribute_batches(strategy, train_batches, lambda rows: gather(rows, train[0], train_targets)),
+            distribute.distribute_batches(
+                strategy, train_batches, lambda rows: gather(rows, train[0], train_targets)
+            ),
             distribute.distribute_batches(
                 strategy, validation_batches, lambda rows: gather(rows, validation[0], validation_targets)
             ),
@@ -186,7 +199,7 @@ def resume(backup: Backup, strategy: Any, model: Any, metrics_dir: Path | None) 
     """Load the last backup of this run into `model` (and DVCLive's folder) if there is one; return the
     number of epochs it completed, 0 when training starts afresh. Every worker gets the same answer."""
     if len(set(distribute.from_every_worker(strategy, int(backup.key[:15], 16)))) > 1:
-        raise StageError("the workers differ in params.yaml or in the stage's input files; give them all the same")
+        raise StageError("the workers differ in params.yaml or in the stage's input files; make them the same")
     backup.forget_other_runs()
     # Workers killed a moment apart may be one backup apart: all resume from the oldest.
     epoch = min(distribute.from_every_worker(strategy, backup.latest()))
@@ -207,7 +220,7 @@ def main() -> None:
     parser.add_argument("data_dir", type=Path, help="directory with train.npz and validation.npz")
     parser.add_argument("model", type=Path, help="where to save the trained .keras model")
     parser.add_argument("metrics_dir", type=Path, help="DVCLive directory for per-epoch metrics")
-    parser.add_argument("--backup-dir", type=Path, default=DEFAULT_DIR, help=f"per-epoch backups (default {DEFAULT_DIR})")
+    parser.add_argument("--backup-dir", type=Path, default=DEFAULT_DIR, help=f"default {DEFAULT_DIR}")
     args = parser.parse_args()
     params = load_params()
     settings = params["train"]
@@ -232,7 +245,8 @@ def main() -> None:
     verbose = 1 if sys.stdout.isatty() else 2  # progress bars on a terminal, one line per epoch in logs
     if chief:
         # dvcyaml=False: the metrics and plots are declared in dvc.yaml by hand, not rewritten by DVCLive.
-        with Live(dir=str(metrics_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=initial_epoch > 0) as live:
+        resumed = initial_epoch > 0
+        with Live(dir=str(metrics_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=resumed) as live:
             live.step = initial_epoch  # DVCLive's own resume would log the epoch after epoch 1 as step 0 again
             callbacks.insert(0, DVCLiveCallback(live=live))
             fit(model, train, validation, settings, params["seed"], callbacks, verbose, strategy, initial_epoch)
