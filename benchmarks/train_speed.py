@@ -236,22 +236,8 @@ def spawn(
 ) -> tuple[dict[str, Any], float]:
     """Run one worker process; return its JSON result and its peak RSS in MB (from wait4)."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = (
-            [
-                sys.executable,
-                __file__,
-                "--worker",
-                worker,
-                "--data",
-                str(data),
-                "--epochs",
-                str(epochs),
-                "--output",
-                out.name,
-            ]
-            + (["--tiny"] if tiny else [])
-            + [f"--set={s}" for s in overrides]
-        )
+        command = [sys.executable, __file__, "--worker", worker, "--data", str(data), "--epochs", str(epochs)]
+        command += ["--output", out.name, *(["--tiny"] if tiny else []), *(f"--set={s}" for s in overrides)]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         process = subprocess.Popen(command, cwd=PROJECT, env=env)
         _, status, usage = os.wait4(process.pid, 0)

@@ -40,9 +40,10 @@ def load_images(path: Path) -> tuple[Any, np.ndarray]:
 
     images, labels = load_split(path)
     step = max(1, CONVERT_SLICE_BYTES // max(1, images[0].nbytes))
-    slices = [tf.identity(images[i : i + step]) for i in range(0, len(images), step)]
-    del images  # free the numpy copy before the slices are joined
-    return tf.concat(slices, axis=0), labels
+    with tf.device("/cpu:0"):  # tf.data gathers the batches on the CPU, also when training on a GPU
+        slices = [tf.identity(images[i : i + step]) for i in range(0, len(images), step)]
+        del images  # free the numpy copy before the slices are joined
+        return tf.concat(slices, axis=0), labels
 
 
 def batches(images: Any, targets: np.ndarray, batch_size: int, shuffle_seed: int | None = None) -> Any:
@@ -52,7 +53,8 @@ def batches(images: Any, targets: np.ndarray, batch_size: int, shuffle_seed: int
     """
     import tensorflow as tf
 
-    targets = tf.constant(targets)
+    with tf.device("/cpu:0"):
+        targets = tf.constant(targets)
     indices = tf.data.Dataset.range(images.shape[0])
     if shuffle_seed is not None:
         indices = indices.shuffle(images.shape[0], seed=shuffle_seed, reshuffle_each_iteration=True)
