@@ -1,6 +1,6 @@
 """Pipeline timing: every stage of `dvc repro` on the real JPEG archive, then the up-to-date no-op repro.
 
-    python benchmarks/pipeline_timing.py                # the full default pipeline (train.epochs from params.yaml)
+    python benchmarks/pipeline_timing.py                # the full default pipeline (params.yaml's epochs)
     python benchmarks/pipeline_timing.py --epochs 3     # a short run
     python benchmarks/pipeline_timing.py --archive my-images.tar.gz --epochs 1
 
@@ -37,8 +37,14 @@ def environment() -> dict[str, str]:
     """This interpreter's venv first on PATH (stages run as `python -m stages.X`), no telemetry."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(DVC_NO_ANALYTICS="1", TF_CPP_MIN_LOG_LEVEL="2", GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="b@example.com",
-               GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="b@example.com")  # fmt: skip
+    env.update(
+        DVC_NO_ANALYTICS="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        GIT_AUTHOR_NAME="bench",
+        GIT_AUTHOR_EMAIL="b@example.com",
+        GIT_COMMITTER_NAME="bench",
+        GIT_COMMITTER_EMAIL="b@example.com",
+    )
     return env
 
 
@@ -46,7 +52,9 @@ def run(repo: Path, *command: str) -> tuple[float, float, str]:
     """Run a command in `repo`; return (seconds, peak RSS in MB of its largest process, output)."""
     started = time.perf_counter()
     with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen(command, cwd=repo, env=environment(), stdout=log, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(
+            command, cwd=repo, env=environment(), stdout=log, stderr=subprocess.STDOUT, text=True
+        )
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - started
         log.seek(0)
@@ -70,7 +78,12 @@ def make_copy(where: Path, archive: Path, epochs: int | None) -> list[str]:
     if epochs is not None:
         params["train"]["epochs"] = epochs
     (where / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
+    for command in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "copy"],
+    ):
         run(where, *command)
     return list(yaml.safe_load((where / "dvc.yaml").read_text())["stages"])
 
@@ -78,7 +91,9 @@ def make_copy(where: Path, archive: Path, epochs: int | None) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", type=Path, default=REAL_ARCHIVE, help="dataset archive for download.url")
-    parser.add_argument("--epochs", type=int, default=None, help="override train.epochs (default: params.yaml)")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="override train.epochs (default: params.yaml)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the timings here")
     args = parser.parse_args()
     if not args.archive.exists():
@@ -90,7 +105,9 @@ def main() -> None:
         names = make_copy(repo, args.archive, args.epochs)
         epochs = yaml.safe_load((repo / "params.yaml").read_text())["train"]["epochs"]
         print(f"pipeline: {args.archive.name}, train.epochs = {epochs}, in {repo}")
-        print(f"load average at start: {os.getloadavg()[0]:.2f} (other processes share these cores)", flush=True)
+        print(
+            f"load average at start: {os.getloadavg()[0]:.2f} (other processes share these cores)", flush=True
+        )
         for name in names:
             seconds, rss, _ = run(repo, "dvc", "repro", "--single-item", name)
             stages[name] = {"seconds": seconds, "peak_rss_mb": rss}

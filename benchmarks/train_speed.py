@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from stages.common import load_params, load_split, save_split, write_json  # noqa: E402
+from stages.common import StageError, load_params, load_split, save_split, validate_params, write_json  # noqa: E402
 
 REAL_ARCHIVE = PROJECT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 CACHE = PROJECT / "benchmarks" / "results"
@@ -97,7 +98,9 @@ def epoch_timer() -> Any:
             self.wall.append(time.perf_counter() - self.started[0])
             self.cpu.append(time.process_time() - self.started[1])
             self.logs = {k: float(v) for k, v in (logs or {}).items()}
-            print(f"  {epoch + 1}: {self.wall[-1]:.2f} s, loss {self.logs.get('loss', 0):.4f}", file=sys.stderr)
+            print(
+                f"  {epoch + 1}: {self.wall[-1]:.2f} s, loss {self.logs.get('loss', 0):.4f}", file=sys.stderr
+            )
 
     return EpochTimer()
 
@@ -123,9 +126,22 @@ def run_plain(data: Path, params: dict[str, Any], epochs: int) -> dict[str, Any]
     model.add(keras.layers.Dense(classes, activation="softmax"))
     model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
     timer = epoch_timer()
-    model.fit(x_train, y_train, batch_size=params["train"]["batch_size"], epochs=epochs,
-              validation_data=(x_val, y_val), callbacks=[timer], verbose=0)  # fmt: skip
-    return {"wall": timer.wall, "cpu": timer.cpu, "logs": timer.logs, "train": len(labels), "validation": len(val_labels)}
+    model.fit(
+        x_train,
+        y_train,
+        batch_size=params["train"]["batch_size"],
+        epochs=epochs,
+        validation_data=(x_val, y_val),
+        callbacks=[timer],
+        verbose=0,
+    )
+    return {
+        "wall": timer.wall,
+        "cpu": timer.cpu,
+        "logs": timer.logs,
+        "train": len(labels),
+        "validation": len(val_labels),
+    }
 
 
 def run_stage(data: Path, params: dict[str, Any], epochs: int) -> dict[str, Any]:
@@ -140,15 +156,33 @@ def run_stage(data: Path, params: dict[str, Any], epochs: int) -> dict[str, Any]
 
     settings = params["model"]
     classes = len(json.loads((data / "classes.json").read_text()))
-    model = build_model(params["preprocess"]["image_size"], classes, settings["hidden_units"], settings["activation"])
+    model = build_model(
+        params["preprocess"]["image_size"], classes, settings["hidden_units"], settings["activation"]
+    )
     compile_model(model, settings["optimizer"], settings["learning_rate"], settings["loss"])
     train = load_images(data / "train.npz")
     validation = load_images(data / "validation.npz")
     timer = epoch_timer()
-    with tempfile.TemporaryDirectory() as metrics, Live(dir=metrics, dvcyaml=False, save_dvc_exp=False, report=None) as live:
-        fit(model, train, validation, {**params["train"], "epochs": epochs}, params["seed"],
-            [timer, DVCLiveCallback(live=live)], verbose=0)  # fmt: skip
-    return {"wall": timer.wall, "cpu": timer.cpu, "logs": timer.logs, "train": len(train[1]), "validation": len(validation[1])}
+    with (
+        tempfile.TemporaryDirectory() as metrics,
+        Live(dir=metrics, dvcyaml=False, save_dvc_exp=False, report=None) as live,
+    ):
+        fit(
+            model,
+            train,
+            validation,
+            {**params["train"], "epochs": epochs},
+            params["seed"],
+            [timer, DVCLiveCallback(live=live)],
+            verbose=0,
+        )
+    return {
+        "wall": timer.wall,
+        "cpu": timer.cpu,
+        "logs": timer.logs,
+        "train": len(train[1]),
+        "validation": len(validation[1]),
+    }
 
 
 def run_gemm(params: dict[str, Any], tiny: bool) -> dict[str, float]:
@@ -163,7 +197,10 @@ def run_gemm(params: dict[str, Any], tiny: bool) -> dict[str, float]:
 
     def tf_gflops(a_shape: tuple[int, int], b_shape: tuple[int, int], transpose_a: bool) -> float:
         rng = np.random.default_rng(0)
-        a, b = tf.constant(rng.random(a_shape, dtype=np.float32)), tf.constant(rng.random(b_shape, dtype=np.float32))
+        a, b = (
+            tf.constant(rng.random(a_shape, dtype=np.float32)),
+            tf.constant(rng.random(b_shape, dtype=np.float32)),
+        )
         # One matmul per call (a loop inside one graph could be merged into a single matmul by grappler).
         matmul = tf.function(lambda a, b: tf.matmul(a, b, transpose_a=transpose_a))
         matmul(a, b)  # trace and warm up
@@ -176,7 +213,7 @@ def run_gemm(params: dict[str, Any], tiny: bool) -> dict[str, float]:
     a @ b
     numpy_best = min(_seconds(lambda: a @ b) for _ in range(5))
     return {
-        # forward: (batch x inputs) @ (inputs x hidden); weight gradient: (batch x inputs)^T @ (batch x hidden)
+        # forward: (batch, inputs) @ (inputs, hidden); weight gradient: (batch, inputs)^T @ (batch, hidden)
         "tf_forward": tf_gflops((batch, inputs), (inputs, hidden), transpose_a=False),
         "tf_weight_gradient": tf_gflops((batch, inputs), (batch, hidden), transpose_a=True),
         "numpy_large": 2 * size**3 / numpy_best / 1e9,
@@ -194,11 +231,13 @@ def _seconds(call: Any) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def spawn(worker: str, data: Path, epochs: int, tiny: bool) -> tuple[dict[str, Any], float]:
+def spawn(
+    worker: str, data: Path, epochs: int, tiny: bool, overrides: list[str]
+) -> tuple[dict[str, Any], float]:
     """Run one worker process; return its JSON result and its peak RSS in MB (from wait4)."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        command = [sys.executable, __file__, "--worker", worker, "--data", str(data), "--epochs", str(epochs),
-                   "--output", out.name] + (["--tiny"] if tiny else [])  # fmt: skip
+        command = [sys.executable, __file__, "--worker", worker, "--data", str(data), "--epochs", str(epochs)]
+        command += ["--output", out.name, *(["--tiny"] if tiny else []), *(f"--set={s}" for s in overrides)]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         process = subprocess.Popen(command, cwd=PROJECT, env=env)
         _, status, usage = os.wait4(process.pid, 0)
@@ -219,8 +258,12 @@ def flops_per_sample(inputs: int, units: list[int], classes: int) -> tuple[float
     return forward + forward + sum(layers[1:]), forward
 
 
-def summarize(results: dict[str, list[dict[str, Any]]], rss: dict[str, list[float]], gemm: list[dict[str, float]],
-              params: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def summarize(
+    results: dict[str, list[dict[str, Any]]],
+    rss: dict[str, list[float]],
+    gemm: list[dict[str, float]],
+    params: dict[str, Any],
+) -> dict[str, Any]:
     first = results["plain"][0]
     classes = 10
     train_flops, infer_flops = flops_per_sample(32 * 32 * 3, params["model"]["hidden_units"], classes)
@@ -273,7 +316,8 @@ def print_table(summary: dict[str, Any]) -> None:
         print(f"{label:24}{cells[0]:>16}{cells[1]:>16}")
     ceilings = summary["gemm_gflops"]
     print(
-        f"\nGEMM ceilings: TensorFlow matmul at the training shapes {ceilings['tf_training_shapes']:.1f} GFLOP/s, "
+        f"\nGEMM ceilings: TensorFlow matmul at the training shapes "
+        f"{ceilings['tf_training_shapes']:.1f} GFLOP/s, "
         f"numpy large GEMM {ceilings['numpy_large']:.1f} GFLOP/s "
         f"({summary['training_mflop_per_sample']:.2f} MFLOP per training sample)"
     )
@@ -283,25 +327,53 @@ def print_table(summary: dict[str, Any]) -> None:
 def machine() -> str:
     import importlib.metadata as metadata
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("tensorflow-cpu", "keras", "numpy"))
     return f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, {versions}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", default=os.environ.get("BENCH_TINY") == "1",
-                        help="generated data, 2 epochs, 1 round: checks that the benchmark runs (CI)")  # fmt: skip
-    parser.add_argument("--archive", type=Path, default=REAL_ARCHIVE, help="CIFAR-10 JPEG archive (image folder)")
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        default=os.environ.get("BENCH_TINY") == "1",
+        help="generated data, 2 epochs, 1 round: checks that the benchmark runs (CI)",
+    )
+    parser.add_argument(
+        "--archive", type=Path, default=REAL_ARCHIVE, help="CIFAR-10 JPEG archive (image folder)"
+    )
     parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default 4; tiny: 2)")
     parser.add_argument("--rounds", type=int, default=None, help="plain/stage pairs, alternated (default 2)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a train: param, e.g. --set jit_compile=false (plain uses batch_size, threads)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
     parser.add_argument("--worker", choices=[*KINDS, "gemm"], help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     params = load_params(PROJECT / "params.yaml")
+    for override in args.set:
+        key, _, value = override.partition("=")
+        if key not in params["train"]:
+            sys.exit(f"error: --set {override}: no such train param (have: {', '.join(params['train'])})")
+        params["train"][key] = yaml.safe_load(value)
+    try:
+        validate_params(params)
+    except StageError as error:
+        sys.exit(f"error: {error}")
 
     if args.worker:
         if args.worker == "gemm":
@@ -322,8 +394,12 @@ def main() -> None:
         else:
             data = prepare_generated(Path(scratch), 640 if args.tiny else 50_000, params["seed"])
             source = "generated images"
-        print(f"data: {source}; {epochs} epochs x {rounds} rounds per recipe; batch {params['train']['batch_size']}; "
-              f"train params: {params['train']}", flush=True)  # fmt: skip
+        print(
+            f"data: {source}; {epochs} epochs x {rounds} rounds per recipe; "
+            f"batch {params['train']['batch_size']}; "
+            f"train params: {params['train']}",
+            flush=True,
+        )
 
         results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
         rss: dict[str, list[float]] = {kind: [] for kind in KINDS}
@@ -332,14 +408,20 @@ def main() -> None:
             order = KINDS if round_number % 2 == 0 else KINDS[::-1]
             for kind in order:
                 print(f"round {round_number + 1}/{rounds}: {LABELS[kind]}", flush=True)
-                result, peak = spawn(kind, data, epochs, args.tiny)
+                result, peak = spawn(kind, data, epochs, args.tiny, args.set)
                 results[kind].append(result)
                 rss[kind].append(peak)
-            gemm.append(spawn("gemm", data, epochs, args.tiny)[0])
+            gemm.append(spawn("gemm", data, epochs, args.tiny, args.set)[0])
 
     summary = summarize(results, rss, gemm, params)
-    summary.update(machine=machine(), data=source, epochs=epochs, rounds=rounds,
-                   load_average_end=os.getloadavg()[0], train_params=params["train"])  # fmt: skip
+    summary.update(
+        machine=machine(),
+        data=source,
+        epochs=epochs,
+        rounds=rounds,
+        load_average_end=os.getloadavg()[0],
+        train_params=params["train"],
+    )
     print_table(summary)
     print(f"load average at end: {summary['load_average_end']:.2f}")
     if args.json:

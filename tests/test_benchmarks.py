@@ -18,14 +18,23 @@ STAGES = ["download", "preprocess", "build_and_compile", "train", "evaluate", "p
 
 
 def run_script(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, *args], cwd=PROJECT, env=tool_env(), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, *args], cwd=PROJECT, env=tool_env(), capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
 
 def test_train_speed_runs_on_tiny_data(tmp_path: Path) -> None:
     result = run_script("benchmarks/train_speed.py", "--tiny", "--json", str(tmp_path / "speed.json"))
-    for line in ("epoch, median (s)", "samples/s", "GFLOP/s", "of TF GEMM ceiling", "peak RSS (MB)", "speed-up"):
+    for line in (
+        "epoch, median (s)",
+        "samples/s",
+        "GFLOP/s",
+        "of TF GEMM ceiling",
+        "peak RSS (MB)",
+        "speed-up",
+    ):
         assert line in result.stdout
     summary = json.loads((tmp_path / "speed.json").read_text())
     assert summary["data"] == "generated images"
@@ -35,7 +44,9 @@ def test_train_speed_runs_on_tiny_data(tmp_path: Path) -> None:
         assert 0 < summary[kind]["fraction_of_tf_gemm"] < 10
         assert summary[kind]["final_val_accuracy"] > 0.3  # 10 colour-coded classes: both learned
     assert summary["gemm_gflops"]["tf_training_shapes"] > 0 and summary["gemm_gflops"]["numpy_large"] > 0
-    assert summary["speedup"] == pytest.approx(summary["stage"]["samples_per_second"] / summary["plain"]["samples_per_second"])
+    assert summary["speedup"] == pytest.approx(
+        summary["stage"]["samples_per_second"] / summary["plain"]["samples_per_second"]
+    )
 
 
 @pytest.mark.e2e
@@ -44,8 +55,15 @@ def test_pipeline_timing_runs_every_stage_on_a_tiny_archive(tmp_path: Path) -> N
     archive = tmp_path / "images.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname="images")
-    result = run_script("benchmarks/pipeline_timing.py", "--archive", str(archive), "--epochs", "1",
-                        "--json", str(tmp_path / "timing.json"))  # fmt: skip
+    result = run_script(
+        "benchmarks/pipeline_timing.py",
+        "--archive",
+        str(archive),
+        "--epochs",
+        "1",
+        "--json",
+        str(tmp_path / "timing.json"),
+    )
     timing = json.loads((tmp_path / "timing.json").read_text())
     assert list(timing["stages"]) == STAGES
     assert timing["epochs"] == 1
@@ -66,9 +84,12 @@ print("tensorflow imported:", "tensorflow" in sys.modules or "keras" in sys.modu
 
 def test_download_preprocess_and_plot_never_import_tensorflow(tmp_path: Path) -> None:
     archive = make_cifar_binary_archive(tmp_path / "cifar.tar.gz", per_batch=10, test=10)
-    (tmp_path / "params.yaml").write_text((PROJECT / "params.yaml").read_text().replace(
-        "url: https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", f"url: {archive}").replace(
-        "checksum: md5:c32a1d4ab5d03f1284b67883e8d87530", "checksum: null"))  # fmt: skip
+    (tmp_path / "params.yaml").write_text(
+        (PROJECT / "params.yaml")
+        .read_text()
+        .replace("url: https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz", f"url: {archive}")
+        .replace("checksum: md5:c32a1d4ab5d03f1284b67883e8d87530", "checksum: null")
+    )
     metrics = tmp_path / "metrics"
     for folder in ("train", "eval"):
         for metric in ("loss", "accuracy"):
@@ -82,8 +103,14 @@ def test_download_preprocess_and_plot_never_import_tensorflow(tmp_path: Path) ->
     }
     env = {**tool_env(), "PYTHONPATH": str(PROJECT)}
     for module, args in commands.items():
-        result = subprocess.run([sys.executable, "-c", IMPORT_CHECK, module, *args], cwd=tmp_path, env=env,
-                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-c", IMPORT_CHECK, module, *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, f"{module}: {result.stderr}"
         assert "tensorflow imported: False" in result.stdout, module
     assert (tmp_path / "prepared" / "train.npz").exists() and (tmp_path / "plots" / "loss.png").exists()

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from stages.common import save_split, write_json
-from tests.conftest import PROJECT, learnable_images, sh, tool_env
+from tests.conftest import PROJECT, learnable_images, tool_env
 
 # Runs one small fit in a fresh process (thread counts can only be set before TensorFlow starts) and
 # prints a hash of the trained weights, the last epoch's logs and whether XLA was used.
@@ -25,13 +25,16 @@ from stages.train import fit, load_images
 data, settings, strategy = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 configure_tensorflow(seed=7, threads=settings.pop("threads"))
 import contextlib, tensorflow as tf
-scope = tf.distribute.OneDeviceStrategy("/cpu:0").scope() if strategy == "one_device" else contextlib.nullcontext()
+one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
+scope = one_device.scope() if strategy == "one_device" else contextlib.nullcontext()
 with scope:
     model = build_model(32, 3, [16], "relu")
     compile_model(model, "adam", 0.001, "categorical_crossentropy")  # 0.01 kills every ReLU for some shuffles
-    history = fit(model, load_images(data + "/train.npz"), load_images(data + "/validation.npz"), settings, 7, [], verbose=0)
+    train, validation = load_images(data + "/train.npz"), load_images(data + "/validation.npz")
+    history = fit(model, train, validation, settings, 7, [], verbose=0)
 weights = hashlib.sha256(b"".join(w.numpy().tobytes() for w in model.weights)).hexdigest()
-print(json.dumps({"weights": weights, "logs": {k: v[-1] for k, v in history.history.items()}, "xla": model.jit_compile}))
+logs = {k: v[-1] for k, v in history.history.items()}
+print(json.dumps({"weights": weights, "logs": logs, "xla": model.jit_compile}))
 """
 
 
@@ -48,11 +51,22 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def fit_in_subprocess(data: Path, strategy: str = "none", **overrides) -> dict:
-    settings = {"batch_size": 16, "epochs": 2, "threads": 2, "steps_per_execution": 2, "jit_compile": True, **overrides}
+    settings = {
+        "batch_size": 16,
+        "epochs": 2,
+        "threads": 2,
+        "steps_per_execution": 2,
+        "jit_compile": True,
+        **overrides,
+    }
     result = subprocess.run(
         [sys.executable, "-c", FIT_SCRIPT, str(data), json.dumps(settings), strategy],
-        cwd=PROJECT, env=tool_env(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=PROJECT,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     return {**json.loads(result.stdout.strip().splitlines()[-1]), "stdout": result.stdout}
 
@@ -98,7 +112,9 @@ def test_train_stage_logs_every_epoch_with_dvclive(prepared: Path, tmp_path: Pat
     env = {**tool_env(), "PYTHONPATH": str(PROJECT)}
 
     def stage(*args: str) -> subprocess.CompletedProcess:
-        result = subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [sys.executable, "-m", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
         assert result.returncode == 0, result.stderr
         return result
 
