@@ -96,10 +96,11 @@ def test_download_preprocess_and_plot_never_import_tensorflow(tmp_path: Path) ->
             path = metrics / "plots" / "metrics" / folder / f"{metric}.tsv"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(f"step\t{metric}\n0\t{np.float32(0.5)}\n1\t0.25\n")
-    commands = {
+    (tmp_path / "confusion.csv").write_text("actual,predicted\nairplane,bird\nbird,bird\n")
+    commands = {  # in pipeline order: plot reads the classes.json that preprocess writes
         "stages.download": ["raw.archive"],
-        "stages.preprocess": ["raw.archive", "prepared"],
-        "stages.plot": [str(metrics), "plots"],
+        "stages.preprocess": ["raw.archive", "prepared", "preprocess.json"],
+        "stages.plot": [str(metrics), "confusion.csv", "prepared/classes.json", "plots"],
     }
     env = {**tool_env(), "PYTHONPATH": str(PROJECT)}
     for module, args in commands.items():

@@ -15,6 +15,8 @@ import yaml
 from conftest import PROJECT, make_project, sh, tool_env
 from stages.common import SCHEMA, StageError, load_params
 
+TRAIN_KEYS = ", ".join(SCHEMA["train"])
+
 DEFAULTS = yaml.safe_load((PROJECT / "params.yaml").read_text())
 
 
@@ -70,7 +72,7 @@ def test_numbers_are_read_as_dvc_reads_them(tmp_path: Path) -> None:
     "change, expected",
     [
         (lambda p: p["train"].update(epoch=p["train"].pop("epochs")),
-         "unknown key 'train.epoch'; did you mean 'train.epochs'? (accepted keys here: batch_size, epochs, threads)"),
+         "unknown key 'train.epoch'; did you mean 'train.epochs'? (accepted keys here: " + TRAIN_KEYS + ")"),
         (lambda p: p["train"].update(learning_rate=0.01),
          "unknown key 'train.learning_rate'; did you mean 'model.learning_rate'?"),
         (lambda p: p.update(epochs=10), "unknown key 'epochs'; did you mean 'train.epochs'?"),
@@ -148,7 +150,7 @@ def test_missing_key_says_what_belongs_there(tmp_path: Path, change, expected: s
     [
         ("- 1\n- 2\n", "params.yaml: the file must be a mapping with keys seed, download,"),
         ("", "params.yaml: the file is empty; expected a mapping with keys seed, download,"),
-        (None, "params.yaml: 'train' must be a mapping with keys batch_size, epochs, threads; got 50"),
+        (None, "params.yaml: 'train' must be a mapping with keys " + TRAIN_KEYS + "; got 50"),
     ],
     ids=["list", "empty", "section-is-a-number"],
 )
@@ -191,7 +193,7 @@ def test_every_stage_checks_params_before_tensorflow_or_data(tmp_path: Path, sta
     imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
     assert result.returncode == 1, result.stderr[-2000:]
     assert lines == ["error: params.yaml: unknown key 'train.epoch'; did you mean 'train.epochs'? "
-                     "(accepted keys here: batch_size, epochs, threads)"]
+                     "(accepted keys here: " + TRAIN_KEYS + ")"]
     assert not imported & {"tensorflow", "keras", "dvclive"}
     assert list(tmp_path.iterdir()) == [tmp_path / "params.yaml"], "nothing written"
 

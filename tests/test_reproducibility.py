@@ -26,11 +26,12 @@ RERUNS = {
     "preprocess": ALL - {"download"},
     "model": {"build_and_compile", "train", "evaluate", "plot"},
     "train": {"train", "evaluate", "plot"},
+    "evaluate": {"evaluate", "plot"},
     "plot": {"plot"},
 }
 # The stages whose own params change (what `dvc status` reports); by default the group's first stage.
 FIRST_STAGE = {"download": "download", "seed": "preprocess", "preprocess": "preprocess",
-               "model": "build_and_compile", "train": "train", "plot": "plot"}
+               "model": "build_and_compile", "train": "train", "evaluate": "evaluate", "plot": "plot"}
 DIRECT = {
     "seed": {"preprocess", "build_and_compile", "train"},
     "preprocess.image_size": {"preprocess", "build_and_compile"},
