@@ -15,6 +15,10 @@ $(VENV)/.installed: requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "error: Python 3.11 is required (PYTHON=$(PYTHON) is %d.%d); run e.g. make PYTHON=python3.11" % sys.version_info[:2])'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --requirement requirements.lock
+	@# The lock pins the CPU build; on a machine with an NVIDIA GPU, swap in the same TensorFlow with CUDA.
+	if nvidia-smi -L >/dev/null 2>&1; then \
+	  $(BIN)/python -m pip uninstall --quiet --yes tensorflow-cpu && \
+	  $(BIN)/python -m pip install --quiet --disable-pip-version-check 'tensorflow[and-cuda]==2.21.0'; fi
 	touch $@
 
 repro: install
