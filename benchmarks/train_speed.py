@@ -45,11 +45,11 @@ LABELS = {"plain": "plain recipe", "stage": "train stage"}
 
 def prepare_real(archive: Path, seed: int) -> Path:
     """Decode the archive once (cached under benchmarks/results/) into train/validation .npz files."""
-    from stages.preprocess import read_dataset, split_validation
+    from stages.preprocess import Options, read_dataset, split_validation
 
     folder = CACHE / f"data-{archive.name}-{archive.stat().st_size}"
     if not (folder / "validation.npz").exists():
-        dataset = read_dataset(archive, image_size=32)
+        dataset = read_dataset(archive, Options(image_size=32, seed=seed))
         train, validation = split_validation(dataset.train_images, dataset.train_labels, 0.1, seed)
         save_split(folder / "train.npz", *train)
         save_split(folder / "validation.npz", *validation)

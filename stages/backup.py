@@ -16,7 +16,9 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import numpy as np
 
 DEFAULT_DIR = Path(".dvc/tmp/train-backup")
 KEEP = 2  # workers killed a moment apart may hold backups one epoch apart: keep the previous one too
@@ -59,28 +61,36 @@ class Backup:
         for partial in self.dir.glob("*.tmp"):
             shutil.rmtree(partial, ignore_errors=True)
 
-    def save(self, model: Any, epoch: int, metrics_dir: Path | None) -> None:
-        """Back up the state after `epoch` completed epochs, then drop all but the last KEEP backups."""
+    def save(
+        self, model: Any, epoch: int, metrics_dir: Path | None, state: dict[str, np.ndarray] | None = None
+    ) -> None:
+        """Back up the state after `epoch` completed epochs (with the callbacks' `state` arrays, if any),
+        then drop all but the last KEEP backups."""
         final = self.dir / f"epoch-{epoch:04d}"
         partial = self.dir / f"epoch-{epoch:04d}.tmp"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         model.save_weights(partial / "model.weights.h5")  # weights and optimizer state
+        if state:
+            np.savez(partial / "state.npz", **state)
         if metrics_dir is not None:
             shutil.copytree(metrics_dir, partial / "metrics")
         partial.rename(final)
         for old in self.epochs()[:-KEEP]:
             shutil.rmtree(self.dir / f"epoch-{old:04d}")
 
-    def callback(self, model: Any, metrics_dir: Path | None) -> Any:
-        """A Keras callback that backs up after every epoch."""
+    def callback(
+        self, model: Any, metrics_dir: Path | None, state: Callable[[], dict[str, np.ndarray]] | None = None
+    ) -> Any:
+        """A Keras callback that backs up after every epoch, with what `state()` returns then."""
         import keras
 
-        save = lambda epoch, logs: self.save(model, epoch + 1, metrics_dir)  # noqa: E731
+        save = lambda epoch, logs: self.save(model, epoch + 1, metrics_dir, state() if state else None)  # noqa: E731
         return keras.callbacks.LambdaCallback(on_epoch_end=save)
 
-    def restore(self, model: Any, epoch: int, metrics_dir: Path | None) -> None:
-        """Load the state after `epoch` epochs into `model`, and its DVCLive folder into `metrics_dir`."""
+    def restore(self, model: Any, epoch: int, metrics_dir: Path | None) -> dict[str, np.ndarray]:
+        """Load the state after `epoch` epochs into `model`, and its DVCLive folder into `metrics_dir`;
+        return the callbacks' state arrays saved with it."""
         for newer in [e for e in self.epochs() if e > epoch]:  # a worker ahead of the others redoes it
             shutil.rmtree(self.dir / f"epoch-{newer:04d}")
         saved = self.dir / f"epoch-{epoch:04d}"
@@ -88,6 +98,10 @@ class Backup:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
             shutil.copytree(saved / "metrics", metrics_dir)
+        if not (saved / "state.npz").exists():
+            return {}
+        with np.load(saved / "state.npz") as state:
+            return dict(state)
 
     def delete(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -160,8 +160,13 @@ SCHEMA: dict[str, Any] = {
     "model": {
         "hidden_units": list_of(integer(1, 65536), min_length=0),
         "activation": choice(*ACTIVATIONS),
+        "normalization": choice("none", "batch", "layer"),
+        "dropout": number(0.0, 0.95),
+        "residual": BOOLEAN,
         "optimizer": choice(*OPTIMIZERS),
         "learning_rate": number(0.0, 10.0, exclusive=True),
+        "weight_decay": number(0.0, 1.0),
+        "label_smoothing": number(0.0, 0.5),
         "loss": choice(*LOSSES),
     },
     "train": {
@@ -171,6 +176,13 @@ SCHEMA: dict[str, Any] = {
         "steps_per_execution": integer(1, 1_000_000),
         "jit_compile": BOOLEAN,
         "distribution": choice("single", "mirrored", "multi_worker"),
+        "lr_schedule": choice("constant", "cosine"),
+        "warmup_epochs": integer(0, 100000),
+        "early_stopping": either(NULL, integer(1, 100000)),
+        "augment": {
+            "flip": BOOLEAN,
+            "crop_padding": integer(0, 64),
+        },
     },
     "evaluate": {
         "top_k": integer(1, 1000),
@@ -268,7 +280,28 @@ def load_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
     if params is None:
         raise StageError(f"{path}: the file is empty; expected a mapping with keys {', '.join(SCHEMA)}")
     validate_params(params)
+    check_combinations(params)
     return params
+
+
+def check_combinations(params: dict[str, Any]) -> None:
+    """Values that are each fine alone but do not go together."""
+    model, train = params["model"], params["train"]
+    if model["label_smoothing"] > 0 and model["loss"] != "categorical_crossentropy":
+        raise StageError(
+            f"{PARAMS_FILE}: model.label_smoothing = {model['label_smoothing']!r} needs model.loss: "
+            f"categorical_crossentropy (got {model['loss']}); set label_smoothing to 0 or change the loss"
+        )
+    if train["warmup_epochs"] > 0 and train["lr_schedule"] != "cosine":
+        raise StageError(
+            f"{PARAMS_FILE}: train.warmup_epochs = {train['warmup_epochs']} needs train.lr_schedule: cosine "
+            f"(got {train['lr_schedule']}); set warmup_epochs to 0 or the schedule to cosine"
+        )
+    if train["warmup_epochs"] >= train["epochs"]:
+        raise StageError(
+            f"{PARAMS_FILE}: train.warmup_epochs = {train['warmup_epochs']} must be less than "
+            f"train.epochs = {train['epochs']}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

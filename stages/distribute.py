@@ -133,6 +133,7 @@ def fit(
     test_step = tf.function(lambda batch: strategy.run(model.test_step, args=(batch,)))
     history = keras.callbacks.History()
     callbacks = keras.callbacks.CallbackList([*callbacks, history], model=model)
+    model.stop_training = False
     callbacks.on_train_begin()
     logs: dict[str, Any] = {}
     for epoch in range(initial_epoch, epochs):
@@ -144,6 +145,8 @@ def fit(
             raise StageError(lost) from None
         print(f"Epoch {epoch + 1}/{epochs} - " + " - ".join(f"{name}: {value:.4f}" for name, value in logs.items()))
         callbacks.on_epoch_end(epoch, logs)
+        if model.stop_training:  # set by early stopping
+            break
     callbacks.on_train_end(logs)
     return history
 

@@ -41,9 +41,9 @@ os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
 CONVERT_SLICE_BYTES = 64 << 20
 
 
-def to_targets(labels: np.ndarray, num_classes: int, loss: str) -> np.ndarray:
+def to_targets(labels: np.ndarray, num_classes: int, loss: Any) -> np.ndarray:
     """Integer labels for sparse losses, one-hot rows for categorical_crossentropy (the recipe)."""
-    if loss.startswith("sparse_"):
+    if isinstance(loss, str) and loss.startswith("sparse_"):
         return labels
     return np.eye(num_classes, dtype=np.float32)[labels]
 
@@ -58,6 +58,11 @@ def load_images(path: Path) -> tuple[Any, np.ndarray]:
         slices = [tf.identity(images[i : i + step]) for i in range(0, len(images), step)]
         del images  # free the numpy copy before the slices are joined
         return tf.concat(slices, axis=0), labels
+
+
+def batch_count(size: int, batch_size: int, replicas: int = 1) -> int:
+    """Batches per epoch: a last batch with fewer rows than replicas is left out (see index_batches)."""
+    return size // batch_size + (size % batch_size >= replicas)
 
 
 def index_batches(
@@ -78,25 +83,135 @@ def index_batches(
             rows = tf.random.experimental.stateless_shuffle(rows, seed=key)
         return tf.data.Dataset.from_tensor_slices(rows).batch(batch_size)
 
-    count = size // batch_size + (size % batch_size >= replicas)
+    count = batch_count(size, batch_size, replicas)
     # Built when each epoch starts, so it reads that epoch's number. A known length lets Keras stop after
     # the last batch, not run into the end of the data (which costs an extra optimizer step).
     dataset = tf.data.Dataset.from_tensors(0).flat_map(one_epoch).take(count)
     return dataset.apply(tf.data.experimental.assert_cardinality(count))
 
 
-def gather(indices: Any, images: Any, targets: np.ndarray) -> Any:
+def augment(images: Any, key: Any, crop_padding: int, flip: bool) -> Any:
+    """A randomly shifted and mirrored copy of a batch of uint8 images (batch, height, width, channels).
+
+    Shift: pad every side with `crop_padding` black pixels, then crop back to the original size at a
+    random offset. Mirror: left-right, each image with probability 1/2. The randomness is stateless,
+    drawn from `key` (two integers) alone: the same key always gives the same batch.
+    """
+    import tensorflow as tf
+
+    crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+    count, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
+    if crop_padding:
+        padding = [[0, 0], [crop_padding, crop_padding], [crop_padding, crop_padding], [0, 0]]
+        padded = tf.pad(images, padding)
+        corner = tf.random.stateless_uniform(
+            [count, 2], crop_key, minval=0, maxval=2 * crop_padding + 1, dtype=tf.int32
+        )
+        rows = corner[:, :1] + tf.range(height)  # each image's own window of rows, then of columns
+        columns = corner[:, 1:] + tf.range(width)
+        images = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), columns, axis=2, batch_dims=1)
+    if flip:
+        mirrored = tf.random.stateless_uniform([count], flip_key) < 0.5
+        images = tf.where(mirrored[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    return images
+
+
+def augmenter(settings: dict[str, Any], seed: int, epoch: Any) -> Any:
+    """The `train.augment` params as a function of (images, batch number), or None when they are off.
+
+    Batch b of epoch e is augmented with a key made from (seed, e, b) only, so a resumed run augments
+    exactly as an uninterrupted one.
+    """
+    if not settings["flip"] and not settings["crop_padding"]:
+        return None
+    import tensorflow as tf
+
+    def apply(images: Any, batch: Any) -> Any:
+        key = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), epoch]), batch)
+        return augment(images, key, settings["crop_padding"], settings["flip"])
+
+    return apply
+
+
+def gather(indices: Any, images: Any, targets: np.ndarray, augmentation: Any = None) -> Any:
     """(images, targets) batches for batches of row numbers: only the numbers flow through tf.data, each
-    batch is gathered from the in-memory tensors."""
+    batch is gathered from the in-memory tensors (and augmented, for training, by `augmentation`)."""
     import tensorflow as tf
 
     with tf.device("/cpu:0"):  # next to the images: tf.data gathers on the CPU
         targets = tf.constant(targets)
-    dataset = indices.map(lambda i: (tf.gather(images, i), tf.gather(targets, i)))
+    if augmentation is None:
+        dataset = indices.map(lambda i: (tf.gather(images, i), tf.gather(targets, i)))
+    else:
+        numbered = indices.enumerate()  # counts from 0 in every epoch: the dataset is rebuilt each time
+        dataset = numbered.map(lambda b, i: (augmentation(tf.gather(images, i), b), tf.gather(targets, i)))
     options = tf.data.Options()
     # tf.data's graph rewrites serialise the dataset, which would copy the captured images once more.
     options.experimental_optimization.apply_default_optimizations = False
     return dataset.with_options(options)
+
+
+def learning_rate_schedule(peak: float, epochs: int, steps_per_epoch: int, warmup_epochs: int) -> Any:
+    """Linear warm-up from 0 to `peak` over `warmup_epochs`, then cosine decay to 0 at the last step."""
+    import keras
+
+    warmup = warmup_epochs * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0 if warmup else peak,
+        decay_steps=(epochs - warmup_epochs) * steps_per_epoch,
+        warmup_target=peak if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def use_learning_rate_schedule(model: Any, settings: dict[str, Any], train_size: int, replicas: int = 1) -> None:
+    """Give the optimizer the `train.lr_schedule` (once). Do it before loading a backup into the model:
+    the optimizer's saved variables differ with and without a schedule."""
+    # The config holds the schedule itself; `optimizer.learning_rate` would be its value at this step.
+    rate = model.optimizer.get_config()["learning_rate"]
+    if settings["lr_schedule"] == "cosine" and not isinstance(rate, dict):
+        steps_per_epoch = batch_count(train_size, settings["batch_size"], replicas)
+        model.optimizer.learning_rate = learning_rate_schedule(
+            float(rate), settings["epochs"], steps_per_epoch, settings["warmup_epochs"]
+        )
+
+
+def early_stopping(patience: int | None) -> Any:
+    """Keras' EarlyStopping on validation accuracy (model selection on the validation split, never on the
+    test set), keeping the best epoch's weights; None when `patience` is None.
+
+    Its progress (best accuracy so far, that epoch's weights, epochs since) goes into every backup via
+    `state()`, and `resume_from()` puts it back, so a resumed run stops and selects as an uninterrupted one.
+    """
+    if patience is None:
+        return None
+    import keras
+
+    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+        resumed: dict[str, np.ndarray] | None = None
+
+        def state(self) -> dict[str, np.ndarray]:
+            progress = {"wait": np.array(self.wait), "best_epoch": np.array(self.best_epoch)}
+            if self.best is not None:
+                progress["best"] = np.array(self.best)
+            weights = {f"weights_{i:04d}": w for i, w in enumerate(self.best_weights or [])}
+            return progress | weights
+
+        def resume_from(self, state: dict[str, np.ndarray]) -> None:
+            self.resumed = state
+
+        def on_train_begin(self, logs: Any = None) -> None:
+            super().on_train_begin(logs)  # resets the progress: restore it afterwards
+            if self.resumed:
+                state = self.resumed
+                self.wait, self.best_epoch = int(state["wait"]), int(state["best_epoch"])
+                self.best = float(state["best"]) if "best" in state else None
+                weights = sorted(name for name in state if name.startswith("weights_"))
+                self.best_weights = [state[name] for name in weights] or None
+
+    return ResumableEarlyStopping(
+        monitor="val_accuracy", mode="max", patience=patience, restore_best_weights=True, verbose=1
+    )
 
 
 def epoch_counter() -> tuple[Any, Any]:
@@ -169,6 +284,8 @@ def fit(
     replicas = distribute.replicas(strategy)
     epoch, set_epoch = epoch_counter()
     callbacks = [set_epoch, *callbacks, memory_release(settings["steps_per_execution"])]
+    augmentation = augmenter(settings["augment"], seed, epoch)
+    use_learning_rate_schedule(model, settings, len(train_targets), replicas)
 
     def train_batches() -> Any:
         return index_batches(len(train_targets), settings["batch_size"], replicas, seed, epoch)
@@ -183,7 +300,7 @@ def fit(
             model,
             strategy,
             distribute.distribute_batches(
-                strategy, train_batches, lambda rows: gather(rows, train[0], train_targets)
+                strategy, train_batches, lambda rows: gather(rows, train[0], train_targets, augmentation)
             ),
             distribute.distribute_batches(
                 strategy, validation_batches, lambda rows: gather(rows, validation[0], validation_targets)
@@ -199,7 +316,7 @@ def fit(
     model._jit_compile = use_xla(model, settings["jit_compile"])
     model.steps_per_execution = settings["steps_per_execution"]
     return model.fit(
-        gather(train_batches(), train[0], train_targets),
+        gather(train_batches(), train[0], train_targets, augmentation),
         validation_data=gather(validation_batches(), validation[0], validation_targets),
         epochs=settings["epochs"],
         initial_epoch=initial_epoch,
@@ -209,9 +326,28 @@ def fit(
     )
 
 
-def resume(backup: Backup, strategy: Any, model: Any, metrics_dir: Path | None) -> int:
+def callback_state(model: Any, stopper: Any) -> dict[str, np.ndarray]:
+    """What a backup needs beyond the weights and optimizer (which Keras' save_weights writes): where each
+    dropout layer's random stream is, and early stopping's progress."""
+    streams = [v for v in model.variables if v.path.endswith("seed_generator_state")]
+    state = {f"random_stream_{i:03d}": np.asarray(v) for i, v in enumerate(streams)}
+    return state | (stopper.state() if stopper else {})
+
+
+def restore_callback_state(model: Any, stopper: Any, state: dict[str, np.ndarray]) -> None:
+    """Put back what callback_state() saved."""
+    streams = [v for v in model.variables if v.path.endswith("seed_generator_state")]
+    for i, variable in enumerate(streams):
+        if f"random_stream_{i:03d}" in state:
+            variable.assign(state[f"random_stream_{i:03d}"])
+    if stopper:
+        stopper.resume_from(state)
+
+
+def resume(backup: Backup, strategy: Any, model: Any, metrics_dir: Path | None) -> tuple[int, dict[str, Any]]:
     """Load the last backup of this run into `model` (and DVCLive's folder) if there is one; return the
-    number of epochs it completed, 0 when training starts afresh. Every worker gets the same answer."""
+    number of epochs it completed (0 when training starts afresh; every worker gets the same answer) and
+    the callbacks' state saved with it."""
     if len(set(distribute.from_every_worker(strategy, int(backup.key[:15], 16)))) > 1:
         raise StageError("the workers differ in params.yaml or in the stage's input files; make them the same")
     backup.forget_other_runs()
@@ -222,10 +358,11 @@ def resume(backup: Backup, strategy: Any, model: Any, metrics_dir: Path | None) 
             f"{backup.dir}: no backup of epoch {epoch}, where the other workers resume; "
             f"delete {backup.root} on every worker to start over"
         )
-    if epoch:
-        backup.restore(model, epoch, metrics_dir)
-        print(f"train: resuming after epoch {epoch} from {backup.dir}")
-    return epoch
+    if not epoch:
+        return 0, {}
+    state = backup.restore(model, epoch, metrics_dir)
+    print(f"train: resuming after epoch {epoch} from {backup.dir}")
+    return epoch, state
 
 
 def main() -> None:
@@ -253,9 +390,15 @@ def main() -> None:
     validation = load_images(inputs[2])
     backup = Backup(args.backup_dir, run_key(params, inputs), worker)
     metrics_dir = args.metrics_dir if chief else None
-    initial_epoch = resume(backup, strategy, model, metrics_dir)
-    # After DVCLive's callback has logged the epoch, so that the backup holds its metrics too.
-    callbacks = [backup.callback(model, metrics_dir)]
+    use_learning_rate_schedule(model, settings, len(train[1]), distribute.replicas(strategy))
+    initial_epoch, state = resume(backup, strategy, model, metrics_dir)
+    stopper = early_stopping(settings["early_stopping"])
+    # After DVCLive's callback has logged the epoch and early stopping has seen it, so that the backup
+    # holds both.
+    restore_callback_state(model, stopper, state)
+    callbacks = [backup.callback(model, metrics_dir, lambda: callback_state(model, stopper))]
+    if stopper:
+        callbacks.insert(0, stopper)
     verbose = 1 if sys.stdout.isatty() else 2  # progress bars on a terminal, one line per epoch in logs
     if chief:
         # dvcyaml=False: the metrics and plots are declared in dvc.yaml by hand, not rewritten by DVCLive.

@@ -1,0 +1,90 @@
+"""Named recipes (recipes/*.yaml) and the command that runs one as a DVC experiment."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stages.common import StageError, load_params
+from tests.conftest import PROJECT, make_project, sh, tool_env
+
+sys.path.insert(0, str(PROJECT / "recipes"))
+import run as recipe  # noqa: E402  (recipes/run.py)
+
+RECIPES = sorted((PROJECT / "recipes").glob("*.yaml"))
+
+
+def test_there_is_a_committed_recipe() -> None:
+    assert [path.name for path in RECIPES] == ["better-mlp.yaml"]
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_each_recipe_is_valid_and_changes_only_what_it_names(path: Path) -> None:
+    overrides = recipe.read_recipe(path)
+    defaults = recipe.flatten(load_params(PROJECT / "params.yaml"))
+    assert set(overrides) <= set(defaults), "every key exists in params.yaml"
+    assert all(overrides[key] != defaults[key] for key in overrides), "no key repeats its default"
+    assert not any(key.startswith(("download.", "preprocess.", "evaluate.", "plot.")) for key in overrides)
+
+
+def test_better_mlp_is_an_mlp_only() -> None:
+    overrides = recipe.read_recipe(PROJECT / "recipes" / "better-mlp.yaml")
+    assert overrides["model.hidden_units"] == [1024, 1024, 1024]
+    assert overrides["train.augment.flip"] is True and overrides["train.augment.crop_padding"] == 2
+
+
+def test_command_passes_every_value_as_dvc_reads_it() -> None:
+    overrides = {"model.hidden_units": [8, 8], "train.augment.flip": True, "train.early_stopping": None,
+                 "model.optimizer": "adamw", "model.learning_rate": 0.002}  # fmt: skip
+    command = recipe.exp_run_command("mine", overrides, ["--queue"])
+    assert command[:5] == ["dvc", "exp", "run", "--name", "mine"] and command[-1] == "--queue"
+    pairs = [command[i + 1] for i, word in enumerate(command) if word == "-S"]
+    parsed = {key: yaml.safe_load(value) for key, value in (pair.split("=", 1) for pair in pairs)}
+    assert parsed == overrides
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("model:\n  dropuot: 0.1\n", "unknown key 'model.dropuot'; did you mean 'model.dropout'?"),
+        ("model:\n  dropout: 2\n", "model.dropout = 2 is not accepted; expected a number >= 0.0 and <= 0.95"),
+        ("train:\n  warmup_epochs: 3\n", "train.warmup_epochs = 3 needs train.lr_schedule: cosine"),
+        ("[1, 2]\n", "expected a mapping of params to change"),
+    ],
+)
+def test_a_bad_recipe_fails_before_dvc_runs(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text(content)
+    with pytest.raises(StageError) as error:
+        recipe.read_recipe(path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+    result = subprocess.run([sys.executable, str(PROJECT / "recipes" / "run.py"), str(path)], cwd=PROJECT,
+                            env=tool_env(), capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and message in result.stderr
+    assert "recipe: dvc exp run" not in result.stdout, "dvc never started"
+
+
+@pytest.mark.e2e
+def test_recipe_runs_as_a_named_experiment(binary_archive: Path, tmp_path: Path) -> None:
+    repo = make_project(tmp_path / "project", binary_archive)
+    shutil.copytree(PROJECT / "recipes", repo / "recipes", ignore=shutil.ignore_patterns("__pycache__"))
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "recipes")
+    # Small enough for a test: the user's -S come after the recipe's and win.
+    result = sh(repo, sys.executable, "recipes/run.py", "recipes/better-mlp.yaml",
+                "-S", "train.epochs=2", "-S", "model.hidden_units=[32,32,32]")  # fmt: skip
+    assert "recipe: dvc exp run --name better-mlp" in result.stdout
+    shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
+    experiments = [exp for commit in shown for exp in (commit.get("experiments") or [])]
+    runs = {exp["name"]: exp["revs"][0]["data"] for exp in experiments}
+    params = runs["better-mlp"]["params"]["params.yaml"]["data"]
+    assert params["model"]["hidden_units"] == [32, 32, 32] and params["train"]["epochs"] == 2
+    assert params["model"]["normalization"] == "batch" and params["train"]["augment"]["crop_padding"] == 2
+    metrics = runs["better-mlp"]["metrics"]["metrics/evaluate/metrics.json"]["data"]
+    assert 0.0 <= metrics["accuracy"] <= 1.0
