@@ -6,6 +6,10 @@ per batch of `train.batch_size`, validation after every epoch. What makes it fas
 (no float32 copy of the dataset, no Python per batch), many batches run per call into TensorFlow
 (`train.steps_per_execution`) and each training step is compiled by XLA (`train.jit_compile`).
 
+Beyond the recipe (README, "A better recipe"), all off by default: a warm-up + cosine learning-rate
+schedule, early stopping that keeps the best epoch's weights, and augmentation of the training batches
+(random shifts and mirroring, seeded per epoch and batch; validation and test images are never touched).
+
 A killed run resumes after its last completed epoch (stages/backup.py), and `train.distribution` spreads
 every batch over several devices or machines (stages/distribute.py): README, "Scaling out and resuming".
 """

@@ -52,6 +52,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def fit_in_subprocess(data: Path, strategy: str = "none", **overrides) -> dict:
     settings = {
+        **yaml.safe_load((PROJECT / "params.yaml").read_text())["train"],  # the defaults of the newer keys
         "batch_size": 16,
         "epochs": 2,
         "threads": 2,
