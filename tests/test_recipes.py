@@ -36,7 +36,7 @@ def test_each_recipe_is_valid_and_changes_only_what_it_names(path: Path) -> None
 def test_better_mlp_is_an_mlp_only() -> None:
     overrides = recipe.read_recipe(PROJECT / "recipes" / "better-mlp.yaml")
     assert overrides["model.hidden_units"] == [1024, 1024, 1024]
-    assert overrides["train.augment.flip"] is True and overrides["train.augment.crop_padding"] == 2
+    assert overrides["train.augment.flip"] is True and overrides["train.augment.crop_padding"] == 3
 
 
 def test_command_passes_every_value_as_dvc_reads_it() -> None:
@@ -85,6 +85,6 @@ def test_recipe_runs_as_a_named_experiment(binary_archive: Path, tmp_path: Path)
     runs = {exp["name"]: exp["revs"][0]["data"] for exp in experiments}
     params = runs["better-mlp"]["params"]["params.yaml"]["data"]
     assert params["model"]["hidden_units"] == [32, 32, 32] and params["train"]["epochs"] == 2
-    assert params["model"]["normalization"] == "batch" and params["train"]["augment"]["crop_padding"] == 2
+    assert params["model"]["normalization"] == "batch" and params["train"]["augment"]["crop_padding"] == 3
     metrics = runs["better-mlp"]["metrics"]["metrics/evaluate/metrics.json"]["data"]
     assert 0.0 <= metrics["accuracy"] <= 1.0
