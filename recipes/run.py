@@ -12,6 +12,7 @@ params schema first (a typo fails here, not an hour into training), then passed 
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -68,7 +69,7 @@ def exp_run_command(name: str, overrides: dict[str, Any], extra: list[str]) -> l
     """`dvc exp run --name NAME -S key=value ...`; values are written as YAML, which is how DVC reads them."""
     command = ["dvc", "exp", "run", "--name", name]
     for key, value in overrides.items():
-        text = value if isinstance(value, str) else json.dumps(value)
+        text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
         command += ["-S", f"{key}={text}"]
     return command + extra
 
@@ -79,7 +80,7 @@ def main() -> None:
         sys.exit(0 if len(sys.argv) > 1 else 2)
     path = Path(sys.argv[1])
     command = exp_run_command(path.stem, read_recipe(path), sys.argv[2:])
-    print("recipe:", " ".join(command), flush=True)
+    print("recipe:", shlex.join(command), flush=True)
     sys.exit(subprocess.call(command))
 
 

@@ -85,7 +85,9 @@ class Backup:
         """A Keras callback that backs up after every epoch, with what `state()` returns then."""
         import keras
 
-        save = lambda epoch, logs: self.save(model, epoch + 1, metrics_dir, state() if state else None)  # noqa: E731
+        def save(epoch: int, logs: Any) -> None:
+            self.save(model, epoch + 1, metrics_dir, state() if state else None)
+
         return keras.callbacks.LambdaCallback(on_epoch_end=save)
 
     def restore(self, model: Any, epoch: int, metrics_dir: Path | None) -> dict[str, np.ndarray]:

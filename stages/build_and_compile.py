@@ -2,8 +2,8 @@
 
 Defaults are the classic recipe: Dense(512, relu) then Dense(10, softmax), adam,
 categorical_crossentropy, accuracy. The `model:` params go further (README, "A better recipe"): more
-hidden layers, normalisation, dropout, residual connections, weight decay and label smoothing. Scaling to [0, 1] and flattening are layers of the model, so the
-saved model takes raw uint8 images.
+hidden layers, normalisation, dropout, residual connections, weight decay and label smoothing. Scaling to
+[0, 1] and flattening are layers of the model, so the saved model takes raw uint8 images.
 """
 
 from __future__ import annotations

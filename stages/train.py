@@ -168,7 +168,9 @@ def learning_rate_schedule(peak: float, epochs: int, steps_per_epoch: int, warmu
     )
 
 
-def use_learning_rate_schedule(model: Any, settings: dict[str, Any], train_size: int, replicas: int = 1) -> None:
+def use_learning_rate_schedule(
+    model: Any, settings: dict[str, Any], train_size: int, replicas: int = 1
+) -> None:
     """Give the optimizer the `train.lr_schedule` (once). Do it before loading a backup into the model:
     the optimizer's saved variables differ with and without a schedule."""
     # The config holds the schedule itself; `optimizer.learning_rate` would be its value at this step.
