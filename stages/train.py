@@ -332,18 +332,21 @@ def fit(
     )
 
 
+def random_streams(model: Any) -> list[Any]:
+    """The state variables of the model's random layers (dropout), which Keras' save_weights leaves out."""
+    return [v for v in model.variables if v.path.endswith("seed_generator_state")]
+
+
 def callback_state(model: Any, stopper: Any) -> dict[str, np.ndarray]:
     """What a backup needs beyond the weights and optimizer (which Keras' save_weights writes): where each
     dropout layer's random stream is, and early stopping's progress."""
-    streams = [v for v in model.variables if v.path.endswith("seed_generator_state")]
-    state = {f"random_stream_{i:03d}": np.asarray(v) for i, v in enumerate(streams)}
+    state = {f"random_stream_{i:03d}": np.asarray(v) for i, v in enumerate(random_streams(model))}
     return state | (stopper.state() if stopper else {})
 
 
 def restore_callback_state(model: Any, stopper: Any, state: dict[str, np.ndarray]) -> None:
     """Put back what callback_state() saved."""
-    streams = [v for v in model.variables if v.path.endswith("seed_generator_state")]
-    for i, variable in enumerate(streams):
+    for i, variable in enumerate(random_streams(model)):
         if f"random_stream_{i:03d}" in state:
             variable.assign(state[f"random_stream_{i:03d}"])
     if stopper:
