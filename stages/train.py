@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import sys
 from pathlib import Path
@@ -40,9 +41,6 @@ from stages.common import (
 # oneDNN's allocator keeps every freed block in its own pool; the system allocator gives large blocks back
 # (~240 MB less peak memory on CIFAR-10). Read when TensorFlow loads: set before anything imports it.
 os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
-# Images become a tensor in slices of this many bytes: converting a whole array at once briefly holds three
-# copies of it, and slices above glibc's 32 MB mmap threshold return to the system once joined.
-CONVERT_SLICE_BYTES = 64 << 20
 
 
 def to_targets(labels: np.ndarray, num_classes: int, loss: Any) -> np.ndarray:
@@ -57,11 +55,9 @@ def load_images(path: Path) -> tuple[Any, np.ndarray]:
     import tensorflow as tf
 
     images, labels = load_split(path)
-    step = max(1, CONVERT_SLICE_BYTES // max(1, images[0].nbytes))
     with tf.device("/cpu:0"):  # tf.data gathers the batches on the CPU, also when training on a GPU
-        slices = [tf.identity(images[i : i + step]) for i in range(0, len(images), step)]
-        del images  # free the numpy copy before the slices are joined
-        return tf.concat(slices, axis=0), labels
+        # DLPack hands load_split's aligned buffer to TensorFlow as is: tf.constant would copy it (twice).
+        return tf.experimental.dlpack.from_dlpack(images.__dlpack__()), labels
 
 
 def batch_count(size: int, batch_size: int, replicas: int = 1) -> int:
@@ -247,8 +243,8 @@ def memory_release(steps_per_execution: int) -> Any:
 
     glibc keeps freed pages for reuse: without this, what XLA's compiler and each epoch's iterators
     leave behind adds up, and the train stage's peak RSS creeps up every epoch (past 1 GB on CIFAR-10).
-    A trim costs milliseconds, so it runs after the first call of each epoch (where XLA compiles),
-    before validation and at the end of the epoch, not after every call.
+    A trim costs milliseconds, so it runs when training starts, after the first call of each epoch (where
+    XLA compiles), before validation and at the end of the epoch, not after every call.
     """
     import ctypes
     import ctypes.util
@@ -262,6 +258,7 @@ def memory_release(steps_per_execution: int) -> Any:
             trim(0)
 
     return keras.callbacks.LambdaCallback(
+        on_train_begin=release,
         on_train_batch_end=lambda batch, logs: batch < steps_per_execution and release(),
         on_test_begin=release,
         on_epoch_end=release,
@@ -416,6 +413,8 @@ def main() -> None:
             live.step = initial_epoch  # DVCLive's own resume would log the epoch after epoch 1 as step 0 again
             callbacks.insert(0, DVCLiveCallback(live=live))
             fit(model, train, validation, settings, params["seed"], callbacks, verbose, strategy, initial_epoch)
+        del train, validation  # saving needs memory of its own: free the images first (peak RSS);
+        gc.collect()  # tf.data's functions hold them in reference cycles
         save_model(model, args.model)
     else:
         fit(model, train, validation, settings, params["seed"], callbacks, verbose, strategy, initial_epoch)

@@ -44,6 +44,12 @@ def test_train_speed_runs_on_tiny_data(tmp_path: Path) -> None:
         assert 0 < summary[kind]["fraction_of_tf_gemm"] < 10
         assert summary[kind]["final_val_accuracy"] > 0.3  # 10 colour-coded classes: both learned
     assert summary["gemm_gflops"]["tf_training_shapes"] > 0 and summary["gemm_gflops"]["numpy_large"] > 0
+    assert "floor of an epoch" in result.stdout and "CPU time per epoch, plain / stage" in result.stdout
+    assert summary["cpu_speedup"] == pytest.approx(
+        summary["plain"]["cpu_seconds_per_epoch"] / summary["stage"]["cpu_seconds_per_epoch"]
+    )
+    assert summary["floor_seconds"]["matmuls"] > 0 and summary["floor_seconds"]["adam"] > 0
+    assert summary["three_x_epoch_seconds"] == pytest.approx(summary["plain"]["epoch_seconds"] / 3)
     assert summary["speedup"] == pytest.approx(
         summary["stage"]["samples_per_second"] / summary["plain"]["samples_per_second"]
     )
