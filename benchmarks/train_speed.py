@@ -99,7 +99,9 @@ def epoch_timer() -> Any:
             self.cpu.append(time.process_time() - self.started[1])
             self.logs = {k: float(v) for k, v in (logs or {}).items()}
             print(
-                f"  {epoch + 1}: {self.wall[-1]:.2f} s, loss {self.logs.get('loss', 0):.4f}", file=sys.stderr
+                f"  {epoch + 1}: {self.wall[-1]:.2f} s ({self.cpu[-1]:.2f} CPU s), "
+                f"loss {self.logs.get('loss', 0):.4f}",
+                file=sys.stderr,
             )
 
     return EpochTimer()
@@ -315,6 +317,7 @@ def summarize(
         summary[kind] = {
             "epoch_seconds": epoch,
             "epoch_seconds_all": steady,
+            "cpu_seconds_all": cpu,  # a slow epoch with the usual CPU time waited for a core
             "cpu_seconds_per_epoch": statistics.median(cpu),
             "first_epoch_seconds": statistics.median(r["wall"][0] for r in results[kind]),
             "samples_per_second": first["train"] / epoch,
