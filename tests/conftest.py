@@ -34,6 +34,17 @@ def learnable_images(labels: np.ndarray, side: int = 32, seed: int = 0) -> np.nd
     return np.clip(palette[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
 
 
+def write_tiny_splits(folder: Path, seed: int) -> Path:
+    """90 training and 30 validation learnable images of 3 classes (batch 16 leaves a partial last batch)."""
+    from stages.common import save_split
+
+    labels = np.arange(120) % 3
+    images = learnable_images(labels, seed=seed)
+    save_split(folder / "train.npz", images[:90], labels[:90])
+    save_split(folder / "validation.npz", images[90:], labels[90:])
+    return folder
+
+
 def cifar_binary_bytes(images: np.ndarray, labels: np.ndarray) -> bytes:
     """Records of 1 label byte + R, G, B planes: the official CIFAR-10 binary layout."""
     planes = images.transpose(0, 3, 1, 2).reshape(len(labels), -1)

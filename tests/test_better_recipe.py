@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.common import StageError, configure_tensorflow, load_model, save_model, save_split
-from tests.conftest import PROJECT, learnable_images, tool_env
+from stages.common import StageError, configure_tensorflow, load_model, save_model
+from tests.conftest import PROJECT, tool_env, write_tiny_splits
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -310,11 +310,7 @@ def recipe_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny splits and a compiled model using every new model param."""
     from stages.build_and_compile import build_model, compile_model
 
-    folder = tmp_path_factory.mktemp("recipe")
-    labels = np.arange(120) % 3
-    images = learnable_images(labels, seed=2)
-    save_split(folder / "train.npz", images[:90], labels[:90])
-    save_split(folder / "validation.npz", images[90:], labels[90:])
+    folder = write_tiny_splits(tmp_path_factory.mktemp("recipe"), seed=2)
     model = build_model(32, 3, [32, 32], "relu", normalization="batch", dropout=0.2, residual=True, seed=7)
     compile_model(model, "adamw", 0.003, "categorical_crossentropy", weight_decay=0.01, label_smoothing=0.1)
     save_model(model, folder / "compiled.keras")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from stages.common import save_split, write_json
-from tests.conftest import PROJECT, learnable_images, tool_env
+from stages.common import write_json
+from tests.conftest import PROJECT, tool_env, write_tiny_splits
 
 # Runs one small fit in a fresh process (thread counts can only be set before TensorFlow starts) and
 # prints a hash of the trained weights, the last epoch's logs and whether XLA was used.
@@ -41,11 +41,7 @@ print(json.dumps({"weights": weights, "logs": logs, "xla": model.jit_compile}))
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """90 training images (batch 16 leaves a partial last batch) and 30 validation images, 3 classes."""
-    folder = tmp_path_factory.mktemp("prepared")
-    labels = np.arange(120) % 3
-    images = learnable_images(labels, seed=1)
-    save_split(folder / "train.npz", images[:90], labels[:90])
-    save_split(folder / "validation.npz", images[90:], labels[90:])
+    folder = write_tiny_splits(tmp_path_factory.mktemp("prepared"), seed=1)
     write_json(folder / "classes.json", ["a", "b", "c"])
     return folder
 
