@@ -7,7 +7,7 @@ Each run trains in its own subprocess (so peak RSS is per process); plain and st
 medians of the epochs after the first (which includes tracing and compilation) are compared. A third kind
 of subprocess measures the GEMM ceiling: TensorFlow's matmul at the training shapes and a large numpy GEMM.
 The plain recipe: float32 copies of the images scaled to [0, 1], one-hot labels, model.fit(batch_size=32).
-Both use the same seed, thread count and op determinism (stages.common.configure_tensorflow).
+Both use the same seed, thread count and op determinism (classifier.runtime.configure_tensorflow).
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ import yaml
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from stages.common import StageError, load_params, load_split, save_split, validate_params, write_json  # noqa: E402
+from classifier.errors import StageError  # noqa: E402
+from classifier.files import write_json  # noqa: E402
+from classifier.params import load_params, validate_params  # noqa: E402
+from classifier.splits import load_split, save_split  # noqa: E402
 
 REAL_ARCHIVE = PROJECT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 CACHE = PROJECT / "benchmarks" / "results"
@@ -45,7 +48,8 @@ LABELS = {"plain": "plain recipe", "stage": "train stage"}
 
 def prepare_real(archive: Path, seed: int) -> Path:
     """Decode the archive once (cached under benchmarks/results/) into train/validation .npz files."""
-    from stages.preprocess import Options, read_dataset, split_validation
+    from classifier.dataset import Options, split_validation
+    from classifier.layouts import read_dataset
 
     folder = CACHE / f"data-{archive.name}-{archive.stat().st_size}"
     if not (folder / "validation.npz").exists():
@@ -109,7 +113,7 @@ def epoch_timer() -> Any:
 
 def run_plain(data: Path, params: dict[str, Any], epochs: int) -> dict[str, Any]:
     """The recipe as usually written: float32 arrays in [0, 1], one-hot labels, model.fit(batch_size=32)."""
-    from stages.common import configure_tensorflow
+    from classifier.runtime import configure_tensorflow
 
     configure_tensorflow(seed=params["seed"], threads=params["train"]["threads"])
     import keras
@@ -148,9 +152,10 @@ def run_plain(data: Path, params: dict[str, Any], epochs: int) -> dict[str, Any]
 
 def run_stage(data: Path, params: dict[str, Any], epochs: int) -> dict[str, Any]:
     """What `python -m stages.train` does: same model, data loading, fit path and DVCLive logging."""
-    from stages.build_and_compile import build_model, compile_model
-    from stages.common import configure_tensorflow
-    from stages.train import fit, load_images
+    from classifier.model import build_model, compile_model
+    from classifier.runtime import configure_tensorflow
+    from classifier.batches import load_images
+    from classifier.fit import fit
 
     configure_tensorflow(seed=params["seed"], threads=params["train"]["threads"])
     from dvclive import Live
@@ -189,7 +194,7 @@ def run_stage(data: Path, params: dict[str, Any], epochs: int) -> dict[str, Any]
 
 def run_gemm(params: dict[str, Any], tiny: bool) -> dict[str, float]:
     """GFLOP/s of TensorFlow's matmul at the training shapes, and of a large numpy (OpenBLAS) GEMM."""
-    from stages.common import configure_tensorflow
+    from classifier.runtime import configure_tensorflow
 
     configure_tensorflow(threads=params["train"]["threads"])
     import tensorflow as tf
@@ -231,7 +236,7 @@ def adam_update_ms(params: dict[str, Any], repeats: int) -> float:
     import keras
     import tensorflow as tf
 
-    from stages.build_and_compile import build_model
+    from classifier.model import build_model
 
     model = build_model(32, 10, params["model"]["hidden_units"], params["model"]["activation"])
     weights = model.trainable_variables

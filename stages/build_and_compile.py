@@ -1,99 +1,20 @@
 """Stage 3: build the MLP from params, compile it, and save it untrained with a readable summary.
 
 Defaults are the classic recipe: Dense(512, relu) then Dense(10, softmax), adam,
-categorical_crossentropy, accuracy. The `model:` params go further (README, "A better recipe"): more
-hidden layers, normalisation, dropout, residual connections, weight decay and label smoothing. Scaling to
-[0, 1] and flattening are layers of the model, so the saved model takes raw uint8 images.
+categorical_crossentropy, accuracy; classifier/model.py builds it from the `model:` params.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
-from stages.common import configure_tensorflow, load_params, read_json, run, save_model, write_text
-
-
-def build_model(
-    image_size: int,
-    num_classes: int,
-    hidden_units: list[int],
-    activation: str,
-    normalization: str = "none",
-    dropout: float = 0.0,
-    residual: bool = False,
-    seed: int | None = None,
-) -> Any:
-    """The MLP, read top to bottom: raw uint8 image -> [0, 1] -> flat vector -> hidden blocks -> softmax.
-
-    Each hidden block is Dense, then (optionally) batch or layer normalisation, the activation and dropout;
-    with `residual`, a block as wide as its input adds that input to its output (x + block(x)).
-    """
-    import keras
-    from keras import layers
-
-    image = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name="image")
-    x = layers.Rescaling(1.0 / 255, name="scale_to_unit")(image)
-    x = layers.Flatten(name="flatten")(x)
-    for number, units in enumerate(hidden_units, start=1):
-        block_input = x
-        name = f"hidden_{number}"
-        if normalization == "none":
-            x = layers.Dense(units, activation=activation, name=name)(x)
-        else:
-            # The normalisation's own shift makes the Dense bias redundant.
-            x = layers.Dense(units, use_bias=False, name=name)(x)
-            norm = layers.BatchNormalization if normalization == "batch" else layers.LayerNormalization
-            x = norm(name=f"{name}_{normalization}_norm")(x)
-            x = layers.Activation(activation, name=f"{name}_{activation}")(x)
-        if dropout > 0:
-            # Seeded per layer from the params seed: the masks are part of the experiment's identity.
-            layer_seed = None if seed is None else seed + number
-            x = layers.Dropout(dropout, seed=layer_seed, name=f"{name}_dropout")(x)
-        if residual and block_input.shape[-1] == units:
-            x = layers.Add(name=f"{name}_residual")([block_input, x])
-    probabilities = layers.Dense(num_classes, activation="softmax", name="class_probabilities")(x)
-    return keras.Model(image, probabilities, name="mlp")
-
-
-def compile_model(
-    model: Any,
-    optimizer: str,
-    learning_rate: float,
-    loss: str,
-    weight_decay: float = 0.0,
-    label_smoothing: float = 0.0,
-) -> None:
-    """Compile with accuracy as the metric. `weight_decay` is decoupled (AdamW-style): each step shrinks
-    every weight by learning_rate * weight_decay, apart from the gradient."""
-    import keras
-
-    config: dict[str, Any] = {"learning_rate": learning_rate}
-    if weight_decay > 0 or optimizer == "adamw":  # AdamW would otherwise add its own default, 0.004
-        config["weight_decay"] = weight_decay
-    if label_smoothing > 0:
-        # Only the one-hot loss smooths labels (checked with the params).
-        loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
-    model.compile(
-        optimizer=keras.optimizers.get({"class_name": optimizer, "config": config}),
-        loss=loss,
-        metrics=["accuracy"],
-    )
-    # Create the optimizer's slots now, so the saved file holds them and loads without a mismatch.
-    model.optimizer.build(model.trainable_variables)
-
-
-def summarize(model: Any) -> str:
-    lines: list[str] = []
-    model.summary(print_fn=lambda line, **_: lines.append(line), line_length=90)
-    optimizer = model.optimizer
-    decay = f", weight_decay={optimizer.weight_decay:g}" if optimizer.weight_decay else ""
-    lines.append(f"optimizer: {optimizer.name} (learning_rate={float(optimizer.learning_rate):g}{decay})")
-    smoothing = getattr(model.loss, "label_smoothing", 0)
-    loss = f"{model.loss.name} (label_smoothing={smoothing:g})" if smoothing else model.loss
-    lines.append(f"loss: {loss}")
-    return "\n".join(lines) + "\n"
+from classifier.errors import run
+from classifier.files import read_json, write_text
+from classifier.model import build_model, compile_model, summarize
+from classifier.model_files import save_model
+from classifier.params import load_params
+from classifier.runtime import configure_tensorflow
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ def learnable_images(labels: np.ndarray, side: int = 32, seed: int = 0) -> np.nd
 
 def write_tiny_splits(folder: Path, seed: int) -> Path:
     """90 training and 30 validation learnable images of 3 classes (batch 16 leaves a partial last batch)."""
-    from stages.common import save_split
+    from classifier.splits import save_split
 
     labels = np.arange(120) % 3
     images = learnable_images(labels, seed=seed)

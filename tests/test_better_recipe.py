@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stages.common import StageError, configure_tensorflow, load_model, save_model
+from classifier.errors import StageError
+from classifier.model_files import load_model, save_model
+from classifier.runtime import configure_tensorflow
 from tests.conftest import PROJECT, tool_env, write_tiny_splits
 
 
@@ -22,7 +24,7 @@ def seeded() -> None:
 
 
 def build(hidden_units: list[int], **options):
-    from stages.build_and_compile import build_model, compile_model
+    from classifier.model import build_model, compile_model
 
     model = build_model(8, 3, hidden_units, "relu", **options)
     compile_model(model, "adam", 0.001, "categorical_crossentropy")
@@ -88,7 +90,7 @@ def test_dropout_is_active_in_training_only() -> None:
 def build_everything(seed: int):
     import keras
 
-    from stages.build_and_compile import build_model, compile_model
+    from classifier.model import build_model, compile_model
 
     keras.backend.clear_session()  # as in a fresh process: layer and optimizer names count from 0 again
     configure_tensorflow(seed=seed)
@@ -116,7 +118,7 @@ def test_weight_decay_shrinks_weights_apart_from_the_gradient() -> None:
     """A zero loss gives zero gradients: only the decoupled decay moves the weights, by lr * decay."""
     import keras
 
-    from stages.build_and_compile import build_model, compile_model
+    from classifier.model import build_model, compile_model
 
     model = build_model(8, 3, [4], "relu")
     compile_model(model, "adam", 0.1, "categorical_crossentropy", weight_decay=0.5)
@@ -127,7 +129,7 @@ def test_weight_decay_shrinks_weights_apart_from_the_gradient() -> None:
 
 
 def test_label_smoothing_softens_the_targets() -> None:
-    from stages.build_and_compile import compile_model
+    from classifier.model import compile_model
 
     model = build([4])
     compile_model(model, "adam", 0.001, "categorical_crossentropy", label_smoothing=0.3)
@@ -143,7 +145,7 @@ def test_label_smoothing_softens_the_targets() -> None:
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
-    from stages.train import learning_rate_schedule
+    from classifier.schedules import learning_rate_schedule
 
     schedule = learning_rate_schedule(0.01, epochs=10, steps_per_epoch=100, warmup_epochs=2)
     rates = [float(schedule(step)) for step in range(0, 1001, 50)]
@@ -172,7 +174,7 @@ ACCURACIES = {0: 0.5, 1: 0.7, 2: 0.6, 3: 0.65, 4: 0.9}
 
 
 def test_early_stopping_stops_after_patience_and_keeps_the_best_epoch() -> None:
-    from stages.train import early_stopping
+    from classifier.callbacks import early_stopping
 
     assert early_stopping(None) is None
     model = build([4])
@@ -187,8 +189,8 @@ def test_early_stopping_stops_after_patience_and_keeps_the_best_epoch() -> None:
 
 def test_early_stopping_resumes_its_progress_from_a_backup(tmp_path: Path) -> None:
     """Interrupted after epoch 1, the resumed run still knows epoch 1 was best and stops after epoch 3."""
-    from stages.backup import Backup
-    from stages.train import early_stopping
+    from classifier.backup import Backup
+    from classifier.callbacks import early_stopping
 
     model = build([4])
     first = early_stopping(2)
@@ -220,7 +222,7 @@ def batch(count: int = 16, side: int = 8) -> np.ndarray:
 def augmented(images: np.ndarray, key: tuple[int, int], crop_padding: int, flip: bool) -> np.ndarray:
     import tensorflow as tf
 
-    from stages.train import augment
+    from classifier.augment import augment
 
     return augment(tf.constant(images), tf.constant(key, tf.int64), crop_padding, flip).numpy()
 
@@ -258,7 +260,7 @@ def test_augmentation_depends_only_on_its_key() -> None:
 
 
 def test_augmentation_off_builds_no_augmenter() -> None:
-    from stages.train import augmenter
+    from classifier.augment import augmenter
 
     assert augmenter({"flip": False, "crop_padding": 0}, 1, None) is None
 
@@ -268,11 +270,13 @@ import hashlib, json, sys
 from pathlib import Path
 import keras
 import numpy as np
-from stages.backup import Backup
-from stages.common import configure_tensorflow, load_model
-from stages.train import (
-    callback_state, early_stopping, fit, load_images, restore_callback_state, use_learning_rate_schedule,
-)
+from classifier.backup import Backup
+from classifier.batches import load_images
+from classifier.callbacks import callback_state, early_stopping, restore_callback_state
+from classifier.fit import fit
+from classifier.model_files import load_model
+from classifier.runtime import configure_tensorflow
+from classifier.schedules import use_learning_rate_schedule
 
 data, settings, stop_after = Path(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
 configure_tensorflow(seed=7, threads=1)
@@ -308,7 +312,7 @@ SETTINGS = {
 @pytest.fixture(scope="module")
 def recipe_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny splits and a compiled model using every new model param."""
-    from stages.build_and_compile import build_model, compile_model
+    from classifier.model import build_model, compile_model
 
     folder = write_tiny_splits(tmp_path_factory.mktemp("recipe"), seed=2)
     model = build_model(32, 3, [32, 32], "relu", normalization="batch", dropout=0.2, residual=True, seed=7)
@@ -376,7 +380,7 @@ def test_interrupted_run_resumes_exactly(recipe_data: Path, uninterrupted: dict,
 def test_params_that_do_not_go_together_are_refused(overrides: dict, message: str) -> None:
     import yaml
 
-    from stages.common import check_combinations, validate_params
+    from classifier.params import check_combinations, validate_params
 
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     for group, values in overrides.items():

@@ -15,8 +15,8 @@ import yaml
 from local_http import FileServer, file_server, refused_url
 
 from conftest import PROJECT
-from stages.common import StageError
-from stages.download import Network, fetch, pack_directory
+from classifier.errors import StageError
+from classifier.fetch import Network, fetch, pack_directory
 
 # Short waits so that timeouts and retries cost tests well under a second each.
 FAST = Network(connect_timeout=0.5, read_timeout=0.5, retries=2, retry_delay=0.01)
@@ -115,7 +115,7 @@ def test_dropped_connection_is_resumed_with_a_range_request(server: FileServer, 
 
 
 def test_range_ignored_by_server_gives_the_right_bytes(tmp_path: Path):
-    from stages.download import HttpDownload
+    from classifier.fetch import HttpDownload
 
     with file_server() as server:
         server.files["data.tar.gz"] = PAYLOAD

@@ -12,8 +12,10 @@ import yaml
 
 from conftest import PROJECT, tool_env
 from stages import evaluate
-from stages.common import StageError, save_split, validate_params
-from stages.plot import most_confident_mistakes, plot_misclassified
+from classifier.errors import StageError
+from classifier.params import validate_params
+from classifier.splits import save_split
+from classifier.charts import most_confident_mistakes, plot_misclassified
 from test_plot import assert_png
 
 # Four classes, five test images; class "d" is never the answer nor predicted.

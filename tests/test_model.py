@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from conftest import PROJECT, tool_env
-from stages.build_and_compile import build_model, compile_model
-from stages.common import configure_tensorflow, load_model, save_model
+from classifier.model import build_model, compile_model
+from classifier.model_files import load_model, save_model
+from classifier.runtime import configure_tensorflow
 
 
 @pytest.fixture(scope="module")

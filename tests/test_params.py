@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from conftest import PROJECT, make_project, sh, tool_env
-from stages.common import SCHEMA, StageError, load_params
+from classifier.errors import StageError
+from classifier.params import SCHEMA, load_params
 
 TRAIN_KEYS = ", ".join(SCHEMA["train"])
 

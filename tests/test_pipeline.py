@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from conftest import MINI_JPG, make_project, set_params, sh
-from stages.common import load_split, read_json
+from classifier.files import read_json
+from classifier.splits import load_split
 
 pytestmark = pytest.mark.e2e
 

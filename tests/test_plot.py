@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import PROJECT, tool_env
 from stages import plot
-from stages.common import StageError
+from classifier.errors import StageError
 
 
 def assert_png(path: Path, size: tuple[int, int] | None = None) -> Image.Image:

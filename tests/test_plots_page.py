@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import CLASSES, PROJECT, make_project, sh
-from stages.common import load_split
+from classifier.splits import load_split
 from test_plot import assert_png
 
 pytestmark = pytest.mark.e2e

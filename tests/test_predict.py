@@ -1,4 +1,4 @@
-"""`python -m stages.predict`: real images of any size and mode, through the real CLI, without DVC."""
+"""`python -m classifier.predict`: real images of any size and mode, through the real CLI, without DVC."""
 
 from __future__ import annotations
 
@@ -14,22 +14,23 @@ import pytest
 from PIL import Image
 
 from conftest import MINI_JPG, PROJECT, tool_env
-from stages import predict
-from stages.images import decode_image
+from classifier import predict
+from classifier.images import decode_image
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # sys.modules[name] = None makes `import name` fail: predict must work where DVC is not installed.
 WITHOUT_DVC = (
     "import runpy, sys; sys.modules['dvc'] = sys.modules['dvclive'] = None; "
-    "runpy.run_module('stages.predict', run_name='__main__')"
+    "runpy.run_module('classifier.predict', run_name='__main__')"
 )
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """Laid out like the project after `dvc repro`: models/model.keras, data/prepared/classes.json."""
-    from stages.build_and_compile import build_model
-    from stages.common import configure_tensorflow, save_model
+    from classifier.model import build_model
+    from classifier.model_files import save_model
+    from classifier.runtime import configure_tensorflow
 
     root = tmp_path_factory.mktemp("predict")
     configure_tensorflow(seed=0)
@@ -41,7 +42,7 @@ def project(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(project):
-    from stages.common import load_model
+    from classifier.model_files import load_model
 
     return load_model(project / "models" / "model.keras")
 
@@ -189,7 +190,8 @@ def test_missing_model_is_a_one_line_error(tmp_path, good):
 def test_real_jpegs_match_the_preprocessed_test_set(project, model, tmp_path):
     if not MINI_JPG.exists():
         pytest.skip(f"{MINI_JPG} not found")
-    from stages.preprocess import Options, read_dataset
+    from classifier.dataset import Options
+    from classifier.layouts import read_dataset
 
     folder = tmp_path / "mini"
     with tarfile.open(MINI_JPG) as archive:

@@ -20,9 +20,12 @@ from conftest import (
     CLASSES, MINI_JPG, PROJECT, add_bytes, cifar_binary_bytes, learnable_images, make_cifar_binary_archive,
     make_image_folder, make_project, set_params, sh,
 )  # fmt: skip
-from stages.common import StageError, load_split
-from stages.images import ImageDecoder, decode_image, decode_images, fit_image
-from stages.preprocess import Options, iter_members, read_dataset
+from classifier.errors import StageError
+from classifier.splits import load_split
+from classifier.images import ImageDecoder, decode_image, decode_images, fit_image
+from classifier.archives import iter_members
+from classifier.dataset import Options
+from classifier.layouts import read_dataset
 
 # ----------------------------------------------------------------------------- helpers
 

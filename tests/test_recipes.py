@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.common import StageError, load_params
+from classifier.errors import StageError
+from classifier.params import load_params
 from tests.conftest import PROJECT, make_project, sh, tool_env
 
 sys.path.insert(0, str(PROJECT / "recipes"))

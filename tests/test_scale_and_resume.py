@@ -16,9 +16,11 @@ import pytest
 import yaml
 
 from tests.conftest import PROJECT, learnable_images, make_project, sh, tool_env
-from stages import distribute
-from stages.backup import DEFAULT_DIR, Backup, run_key
-from stages.common import StageError, load_model, save_split
+from classifier import distribute
+from classifier.backup import Backup, DEFAULT_DIR, run_key
+from classifier.errors import StageError
+from classifier.model_files import load_model
+from classifier.splits import save_split
 
 EPOCHS = 2
 BATCH = 32  # 256 training images: every global batch splits evenly over 2 replicas
@@ -31,17 +33,19 @@ import sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from stages import common, train
+from classifier.errors import run
+from stages import train
 sys.argv = ["train", *sys.argv[1:]]
-common.run(train.main)
+run(train.main)
 """
 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A compiled tiny model and train/validation splits, as build_and_compile and preprocess make them."""
-    from stages.build_and_compile import build_model, compile_model
-    from stages.common import configure_tensorflow, save_model
+    from classifier.model import build_model, compile_model
+    from classifier.model_files import save_model
+    from classifier.runtime import configure_tensorflow
 
     root = tmp_path_factory.mktemp("inputs")
     rng = np.random.default_rng(1)
@@ -198,7 +202,7 @@ def test_shuffle_order_depends_only_on_seed_and_epoch() -> None:
     """What makes a resumed run see the batches an uninterrupted one would: no hidden iteration state."""
     import tensorflow as tf
 
-    from stages.train import index_batches
+    from classifier.batches import index_batches
 
     epoch = tf.Variable(0, dtype=tf.int64)
     batches = index_batches(10, 4, seed=7, epoch=epoch)

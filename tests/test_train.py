@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 import yaml
 
-from stages.common import write_json
+from classifier.files import write_json
 from tests.conftest import PROJECT, tool_env, write_tiny_splits
 
 # Runs one small fit in a fresh process (thread counts can only be set before TensorFlow starts) and
 # prints a hash of the trained weights, the last epoch's logs and whether XLA was used.
 FIT_SCRIPT = """
 import hashlib, json, sys
-from stages.build_and_compile import build_model, compile_model
-from stages.common import configure_tensorflow
-from stages.train import fit, load_images
+from classifier.batches import load_images
+from classifier.fit import fit
+from classifier.model import build_model, compile_model
+from classifier.runtime import configure_tensorflow
 
 data, settings, strategy = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 configure_tensorflow(seed=7, threads=settings.pop("threads"))

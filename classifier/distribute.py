@@ -23,7 +23,7 @@ import json
 import os
 from typing import Any, Callable
 
-from stages.common import StageError
+from classifier.errors import StageError
 
 
 def worker_from_tf_config(environ: dict[str, str] | None = None) -> tuple[int, int]:

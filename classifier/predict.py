@@ -1,6 +1,6 @@
 """Classify your own image files with the trained model: top-k classes and their probabilities.
 
-    python -m stages.predict photo.jpg holidays/ [--top-k 3] [--json] [--model models/model.keras]
+    python -m classifier.predict photo.jpg holidays/ [--top-k 3] [--json] [--model models/model.keras]
 
 Folders are searched recursively for image files (.jpg, .png, ...); files named on the command line
 are always tried. Each image is fitted exactly as preprocess fits the training images (centre crop,
@@ -22,8 +22,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from stages.common import StageError, configure_tensorflow, load_model, read_json, run
-from stages.images import decode_image, is_image_name
+from classifier.errors import StageError, run
+from classifier.files import read_json
+from classifier.model_files import load_model
+from classifier.runtime import configure_tensorflow
+from classifier.images import decode_image, is_image_name
 
 DEFAULT_MODEL = Path("models/model.keras")
 DEFAULT_CLASSES = Path("data/prepared/classes.json")

@@ -1,48 +1,17 @@
-"""Helpers shared by every stage: params, errors, atomic writes and file formats.
-
-Nothing here imports TensorFlow at module level: stages that do not train must stay fast to start.
-"""
+"""params.yaml: one schema for every key, checked before any stage does real work."""
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import json
 import os
 import re
-import sys
-import tempfile
-import zipfile
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import yaml
 
+from classifier.errors import StageError
+
 PARAMS_FILE = "params.yaml"
-# Every zip we write carries this date, so the same content always gives the same bytes.
-FIXED_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-
-
-class StageError(Exception):
-    """A problem the user can fix (bad param, bad input file); shown as one line, no traceback."""
-
-
-def run(main: Callable[[], None]) -> None:
-    """Run a stage's main(), turning StageError into a one-line message and exit code 1."""
-    try:
-        main()
-    except StageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
-
-
-# ---------------------------------------------------------------------------------------------
-# Params: one schema for the whole params.yaml, checked before any stage does real work.
-# ---------------------------------------------------------------------------------------------
 
 
 class Rule:
@@ -186,12 +155,12 @@ SCHEMA: dict[str, Any] = {
     },
     "evaluate": {
         "top_k": integer(1, 1000),
-        "misclassified": integer(1, 400),
     },
     "plot": {
         "dpi": integer(20, 600),
         "width": number(1.0, 40.0),
         "height": number(1.0, 40.0),
+        "misclassified": integer(1, 400),
     },
 }
 
@@ -302,162 +271,3 @@ def check_combinations(params: dict[str, Any]) -> None:
             f"{PARAMS_FILE}: train.warmup_epochs = {train['warmup_epochs']} must be less than "
             f"train.epochs = {train['epochs']}"
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic writes: outputs appear whole or not at all.
-# ---------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o666 & ~umask)  # mkstemp makes 0600 files; outputs get the usual permissions
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text(path: str | os.PathLike, content: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(content, encoding="utf-8")
-
-
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-# ---------------------------------------------------------------------------------------------
-# Prepared data: one byte-reproducible .npz per split (uint8 images, int labels).
-# ---------------------------------------------------------------------------------------------
-
-# What Eigen, and so TensorFlow's CPU kernels, expect of a buffer they use in place.
-ALIGNMENT = 64
-
-
-def save_arrays(path: str | os.PathLike, **arrays: np.ndarray) -> None:
-    """Write arrays like np.savez, but with fixed zip dates so equal arrays give equal bytes."""
-    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
-        for name, array in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=FIXED_ZIP_DATE)
-            with archive.open(info, "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
-
-
-def save_split(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray) -> None:
-    save_arrays(path, images=images.astype(np.uint8, copy=False), labels=labels.astype(np.int32))
-
-
-def load_split(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """(images, labels) of a split written by save_split, each array starting on a 64-byte boundary."""
-    with zipfile.ZipFile(path) as archive:
-        return read_aligned_array(archive, "images.npy"), read_aligned_array(archive, "labels.npy")
-
-
-def read_aligned_array(archive: zipfile.ZipFile, name: str) -> np.ndarray:
-    """Read one .npy member straight into a 64-byte-aligned array, 1 MB at a time.
-
-    TensorFlow can use such a buffer in place (stages.train.load_images), so the images are held once,
-    not once by numpy and again by TensorFlow; np.load's buffers are only 16-byte aligned.
-    """
-    with archive.open(name) as member:
-        version = np.lib.format.read_magic(member)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(member)
-        else:
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(member)
-        if fortran_order or dtype.hasobject:
-            raise StageError(f"{archive.filename}: {name} is not a C-ordered array of numbers; rebuild it")
-        raw = np.empty(int(np.prod(shape)) * dtype.itemsize + ALIGNMENT, dtype=np.uint8)
-        start = -raw.ctypes.data % ALIGNMENT
-        array = raw[start : start + raw.size - ALIGNMENT].view(dtype).reshape(shape)
-        buffer = memoryview(array.reshape(-1).view(np.uint8))  # its bytes, in place
-        for offset in range(0, len(buffer), 1 << 20):
-            chunk = buffer[offset : offset + (1 << 20)]
-            if member.readinto(chunk) != len(chunk):
-                raise StageError(f"{archive.filename}: {name} is truncated; rebuild it with `dvc repro`")
-    return array
-
-
-# ---------------------------------------------------------------------------------------------
-# Keras helpers (TensorFlow is imported only when one of these is called).
-# ---------------------------------------------------------------------------------------------
-
-
-def configure_tensorflow(seed: int | None = None, threads: int | None = None) -> None:
-    """Pin what results depend on: every random seed, op determinism and (when given) thread counts.
-
-    Call before TensorFlow runs any op. Thread counts change the order of floating-point sums, so
-    they are params (part of an experiment's identity), never derived from the machine.
-    """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-    import tensorflow as tf
-
-    if threads is not None:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    tf.config.experimental.enable_op_determinism()
-    if seed is not None:
-        keras.utils.set_random_seed(seed)
-
-
-def save_model(model: Any, path: str | os.PathLike) -> None:
-    """Save a .keras model whose bytes depend only on its config and weights.
-
-    Keras stamps each save with the date, the object ids of shared dtype policies and the zip
-    member times; we rewrite those so DVC sees the same hash for the same model.
-    """
-    path = Path(path)
-    with atomic_path(path) as tmp, tempfile.TemporaryDirectory(dir=path.parent) as scratch:
-        raw = Path(scratch) / "raw.keras"
-        model.save(raw)
-        with zipfile.ZipFile(raw) as source, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as out:
-            for name in sorted(source.namelist()):
-                content = source.read(name)
-                if name == "metadata.json":
-                    metadata = json.loads(content)
-                    metadata.pop("date_saved", None)
-                    content = json.dumps(metadata, sort_keys=True).encode()
-                elif name == "config.json":
-                    content = json.dumps(_renumber_object_ids(json.loads(content))).encode()
-                out.writestr(zipfile.ZipInfo(name, date_time=FIXED_ZIP_DATE), content)
-
-
-def _renumber_object_ids(config: Any) -> Any:
-    """Replace memory-address ids with 1, 2, ... in order of first appearance (sharing kept)."""
-    ids: dict[int, int] = {}
-
-    def visit(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {
-                k: ids.setdefault(v, len(ids) + 1) if k == "shared_object_id" else visit(v)
-                for k, v in node.items()
-            }
-        if isinstance(node, list):
-            return [visit(v) for v in node]
-        return node
-
-    return visit(config)
-
-
-def load_model(path: str | os.PathLike) -> Any:
-    import keras
-
-    if not Path(path).exists():
-        raise StageError(f"{path}: model file not found")
-    return keras.models.load_model(path)

@@ -20,6 +20,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from classifier import distribute
+from classifier.errors import StageError
+
 DEFAULT_DIR = Path(".dvc/tmp/train-backup")
 KEEP = 2  # workers killed a moment apart may hold backups one epoch apart: keep the previous one too
 
@@ -109,3 +112,24 @@ class Backup:
         shutil.rmtree(self.dir, ignore_errors=True)
         with contextlib.suppress(OSError):  # other workers on this machine may still be using it
             self.root.rmdir()
+
+
+def resume(backup: Backup, strategy: Any, model: Any, metrics_dir: Path | None) -> tuple[int, dict[str, Any]]:
+    """Load the last backup of this run into `model` (and DVCLive's folder) if there is one; return the
+    number of epochs it completed (0 when training starts afresh; every worker gets the same answer) and
+    the callbacks' state saved with it."""
+    if len(set(distribute.from_every_worker(strategy, int(backup.key[:15], 16)))) > 1:
+        raise StageError("the workers differ in params.yaml or in the stage's input files; make them the same")
+    backup.forget_other_runs()
+    # Workers killed a moment apart may be one backup apart: all resume from the oldest.
+    epoch = min(distribute.from_every_worker(strategy, backup.latest()))
+    if epoch and epoch not in backup.epochs():
+        raise StageError(
+            f"{backup.dir}: no backup of epoch {epoch}, where the other workers resume; "
+            f"delete {backup.root} on every worker to start over"
+        )
+    if not epoch:
+        return 0, {}
+    state = backup.restore(model, epoch, metrics_dir)
+    print(f"train: resuming after epoch {epoch} from {backup.dir}")
+    return epoch, state

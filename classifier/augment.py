@@ -1,0 +1,47 @@
+"""Augmentation of training batches: random shifts and mirroring, stateless and seeded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+def augment(images: Any, key: Any, crop_padding: int, flip: bool) -> Any:
+    """A randomly shifted and mirrored copy of a batch of uint8 images (batch, height, width, channels).
+
+    Shift: pad every side with `crop_padding` black pixels, then crop back to the original size at a
+    random offset. Mirror: left-right, each image with probability 1/2. The randomness is stateless,
+    drawn from `key` (two integers) alone: the same key always gives the same batch.
+    """
+    import tensorflow as tf
+
+    crop_key, flip_key = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+    count, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
+    if crop_padding:
+        padding = [[0, 0], [crop_padding, crop_padding], [crop_padding, crop_padding], [0, 0]]
+        padded = tf.pad(images, padding)
+        corner = tf.random.stateless_uniform(
+            [count, 2], crop_key, minval=0, maxval=2 * crop_padding + 1, dtype=tf.int32
+        )
+        rows = corner[:, :1] + tf.range(height)  # each image's own window of rows, then of columns
+        columns = corner[:, 1:] + tf.range(width)
+        images = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), columns, axis=2, batch_dims=1)
+    if flip:
+        mirrored = tf.random.stateless_uniform([count], flip_key) < 0.5
+        images = tf.where(mirrored[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    return images
+
+
+def augmenter(settings: dict[str, Any], seed: int, epoch: Any) -> Any:
+    """The `train.augment` params as a function of (images, batch number), or None when they are off.
+
+    Batch b of epoch e is augmented with a key made from (seed, e, b) only, so a resumed run augments
+    exactly as an uninterrupted one.
+    """
+    if not settings["flip"] and not settings["crop_padding"]:
+        return None
+    import tensorflow as tf
+
+    def apply(images: Any, batch: Any) -> Any:
+        key = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), epoch]), batch)
+        return augment(images, key, settings["crop_padding"], settings["flip"])
+
+    return apply
