@@ -29,7 +29,7 @@ import yaml
 
 PROJECT = Path(__file__).resolve().parent.parent
 REAL_ARCHIVE = PROJECT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", ".dvcignore"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "classifier", ".dvcignore"]
 NOOP_RUNS = 3
 
 

@@ -444,7 +444,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         if not args.tiny and args.archive.exists():
             data = prepare_real(args.archive, params["seed"])
-            source = f"real CIFAR-10 JPEGs ({args.archive.name}, decoded by stages.preprocess)"
+            source = f"real CIFAR-10 JPEGs ({args.archive.name}, decoded by classifier.layouts)"
         else:
             data = prepare_generated(Path(scratch), 640 if args.tiny else 50_000, params["seed"])
             source = "generated images"

@@ -23,7 +23,7 @@ MINI_JPG = SHARED_DATA / "cifar10-jpg-mini.tar.gz"
 FULL_JPG = SHARED_DATA / "cifar10-jpg.tar.gz"
 CLASSES = ["airplane", "automobile", "bird"]
 # What a copied project needs to run; data, models and metrics are made by the pipeline itself.
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", ".dvcignore"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "classifier", ".dvcignore"]
 
 
 def learnable_images(labels: np.ndarray, side: int = 32, seed: int = 0) -> np.ndarray:
@@ -90,6 +90,26 @@ def binary_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_cifar_binary_archive(tmp_path_factory.mktemp("archive") / "cifar-10-binary.tar.gz")
 
 
+@pytest.fixture(scope="session")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A compiled tiny model and train/validation splits, as build_and_compile and preprocess make them."""
+    from classifier.model import build_model, compile_model
+    from classifier.splits import save_split
+    from classifier.model_files import save_model
+    from classifier.runtime import configure_tensorflow
+
+    root = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(1)
+    for split, count in (("train", 256), ("validation", 64)):
+        labels = rng.integers(0, 3, count)
+        save_split(root / "data" / f"{split}.npz", learnable_images(labels), labels)
+    configure_tensorflow(seed=42)
+    model = build_model(32, 3, [32], "relu")
+    compile_model(model, "adam", 0.001, "categorical_crossentropy")
+    save_model(model, root / "compiled.keras")
+    return root
+
+
 # ---------------------------------------------------------------------------------------------
 # Throw-away projects: a git + DVC repo holding a copy of the pipeline, params set for tiny data.
 # ---------------------------------------------------------------------------------------------
@@ -143,3 +163,33 @@ def make_project(where: Path, archive: Path, overrides: dict[str, Any] | None = 
     sh(where, "git", "add", "-A")
     sh(where, "git", "commit", "-qm", "project")
     return where
+
+
+# ---------------------------------------------------------------------------------------------
+# Charts
+# ---------------------------------------------------------------------------------------------
+
+
+def assert_png(path: Path, size: tuple[int, int] | None = None) -> Image.Image:
+    """A whole, decodable PNG of a sensible size that is not a blank canvas."""
+    with Image.open(path) as image:
+        assert image.format == "PNG", path
+        image.load()  # decodes every byte: a truncated file fails here
+        width, height = image.size
+        if size is not None:
+            assert image.size == size, f"{path}: {image.size} != {size}"
+        assert 200 <= width <= 4000 and 200 <= height <= 4000, f"{path}: {image.size}"
+        colours = image.convert("RGB").getcolors(maxcolors=1_000_000)
+        assert colours is None or len(colours) > 20, f"{path}: only {len(colours)} colours, looks blank"
+        return image.copy()
+
+
+def write_history(metrics_dir: Path, series: dict[str, dict[str, list[float]]]) -> Path:
+    """DVCLive's layout: <dir>/plots/metrics/{train,eval}/<metric>.tsv with timestamp, step, value."""
+    for folder, metrics in series.items():
+        for metric, values in metrics.items():
+            path = metrics_dir / "plots" / "metrics" / folder / f"{metric}.tsv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            rows = [f"{1700000000 + step}\t{step}\t{value}" for step, value in enumerate(values)]
+            path.write_text("\n".join([f"timestamp\tstep\t{metric}", *rows]) + "\n")
+    return metrics_dir

@@ -1,4 +1,4 @@
-"""The train stage's fit path: identical weights run to run, speed knobs that keep the math, DVCLive logs."""
+"""classifier/fit.py with batches.py: identical weights run to run, execution knobs that change speed only, every option beyond the recipe on tiny data, and an exact resume."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from classifier.files import write_json
-from tests.conftest import PROJECT, tool_env, write_tiny_splits
+from conftest import PROJECT, tool_env, write_tiny_splits
 
 # Runs one small fit in a fresh process (thread counts can only be set before TensorFlow starts) and
 # prints a hash of the trained weights, the last epoch's logs and whether XLA was used.
@@ -100,33 +100,3 @@ def test_xla_falls_back_under_a_distribution_strategy(prepared: Path) -> None:
     assert result["xla"] is False
     assert "running without XLA" in result["stdout"]
     assert np.isfinite(result["logs"]["val_loss"])
-
-
-def test_train_stage_logs_every_epoch_with_dvclive(prepared: Path, tmp_path: Path) -> None:
-    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    params["train"].update(epochs=3, batch_size=16)
-    params["model"]["hidden_units"] = [16]
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**tool_env(), "PYTHONPATH": str(PROJECT)}
-
-    def stage(*args: str) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [sys.executable, "-m", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
-        )
-        assert result.returncode == 0, result.stderr
-        return result
-
-    stage("stages.build_and_compile", str(prepared / "classes.json"), "compiled.keras", "summary.txt")
-    result = stage("stages.train", "compiled.keras", str(prepared), "model.keras", "metrics")
-
-    metrics = json.loads((tmp_path / "metrics" / "metrics.json").read_text())
-    assert set(metrics["train"]) == {"loss", "accuracy"} and set(metrics["eval"]) == {"loss", "accuracy"}
-    assert metrics["step"] == 2
-    for series in ("train/loss", "train/accuracy", "eval/loss", "eval/accuracy"):
-        rows = (tmp_path / "metrics" / "plots" / "metrics" / f"{series}.tsv").read_text().splitlines()
-        assert len(rows) == 1 + 3, series  # header + one row per epoch: validation ran every epoch
-    assert not (tmp_path / "metrics" / "dvc.yaml").exists()  # dvcyaml=False
-    # Not a terminal: one line per epoch, no progress bar.
-    assert result.stdout.count("val_loss") == 3
-    assert "\x08" not in result.stdout and "━" not in result.stdout
-    assert (tmp_path / "model.keras").stat().st_size > 0

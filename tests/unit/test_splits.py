@@ -13,7 +13,7 @@ import pytest
 
 from classifier.errors import StageError
 from classifier.splits import ALIGNMENT, load_split, save_split
-from tests.conftest import PROJECT, tool_env
+from conftest import PROJECT, tool_env
 
 
 @pytest.mark.parametrize("rows", [0, 1, 7, 300])

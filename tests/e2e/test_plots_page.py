@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CLASSES, PROJECT, assert_png, make_project, sh
 
-from conftest import CLASSES, PROJECT, make_project, sh
 from classifier.splits import load_split
-from test_plot import assert_png
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +25,7 @@ PNGS = {
     "metrics/plots/accuracy.png": (600, 400),
     "metrics/plots/per_class_accuracy.png": (600, 400),
     "metrics/plots/confusion.png": (600, 600),
-    "metrics/evaluate/misclassified.png": None,
+    "metrics/plots/misclassified.png": None,
 }
 VEGA_PLOTS = ["Loss_per_epoch", "Accuracy_per_epoch", "Confusion_matrix__test_"]
 CHROMIUM_FLAGS = [

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import MINI_JPG, PROJECT, tool_env
 from PIL import Image
 
-from conftest import MINI_JPG, PROJECT, tool_env
 from classifier import predict
 from classifier.images import decode_image
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import PROJECT, make_cifar_binary_archive, make_image_folder, tool_env
+from conftest import PROJECT, make_cifar_binary_archive, make_image_folder, tool_env
 
 STAGES = ["download", "preprocess", "build_and_compile", "train", "evaluate", "plot"]
 
@@ -102,11 +102,12 @@ def test_download_preprocess_and_plot_never_import_tensorflow(tmp_path: Path) ->
             path = metrics / "plots" / "metrics" / folder / f"{metric}.tsv"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(f"step\t{metric}\n0\t{np.float32(0.5)}\n1\t0.25\n")
-    (tmp_path / "confusion.csv").write_text("actual,predicted\nairplane,bird\nbird,bird\n")
+    rows = ["airplane,bird,0.6", "bird,bird,0.9"] * 5  # one row per test image (10)
+    (tmp_path / "confusion.csv").write_text("actual,predicted,confidence\n" + "\n".join(rows) + "\n")
     commands = {  # in pipeline order: plot reads the classes.json that preprocess writes
         "stages.download": ["raw.archive"],
         "stages.preprocess": ["raw.archive", "prepared", "preprocess.json"],
-        "stages.plot": [str(metrics), "confusion.csv", "prepared/classes.json", "plots"],
+        "stages.plot": [str(metrics), "confusion.csv", "prepared", "plots"],
     }
     env = {**tool_env(), "PYTHONPATH": str(PROJECT)}
     for module, args in commands.items():

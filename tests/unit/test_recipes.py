@@ -13,7 +13,7 @@ import yaml
 
 from classifier.errors import StageError
 from classifier.params import load_params
-from tests.conftest import PROJECT, make_project, sh, tool_env
+from conftest import PROJECT, make_project, sh, tool_env
 
 sys.path.insert(0, str(PROJECT / "recipes"))
 import run as recipe  # noqa: E402  (recipes/run.py)

@@ -25,10 +25,9 @@ from typing import Callable
 import numpy as np
 import pytest
 import yaml
+from conftest import CLASSES, PROJECT, cifar_binary_bytes, learnable_images
 from local_http import FileServer, file_server, refused_url
 from PIL import Image
-
-from conftest import CLASSES, PROJECT, cifar_binary_bytes, learnable_images
 
 RAW = "data/raw/dataset.archive"
 PAYLOAD = b"x" * 50_000

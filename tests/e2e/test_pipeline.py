@@ -11,9 +11,9 @@ from typing import Iterator
 
 import numpy as np
 import pytest
+from conftest import MINI_JPG, make_project, set_params, sh
 from PIL import Image
 
-from conftest import MINI_JPG, make_project, set_params, sh
 from classifier.files import read_json
 from classifier.splits import load_split
 
@@ -71,7 +71,7 @@ def test_repro_builds_every_output_metric_and_plot(built: Path, binary_archive: 
             rows = (built / f"metrics/train/plots/metrics/{split}/{metric}.tsv").read_text().splitlines()
             assert rows[0].split("\t") == ["step", metric] and len(rows) == 3
     confusion = (built / "metrics/evaluate/confusion.csv").read_text().splitlines()
-    assert confusion[0] == "actual,predicted" and len(confusion) == 61
+    assert confusion[0] == "actual,predicted,confidence" and len(confusion) == 61
     for name in ("loss.png", "accuracy.png"):
         with Image.open(built / "metrics/plots" / name) as image:
             assert image.format == "PNG" and image.width >= 300 and image.height >= 200
@@ -95,6 +95,32 @@ def test_changing_a_plot_param_reruns_only_plot(built: Path) -> None:
     finally:
         sh(built, "git", "checkout", "params.yaml")
         sh(built, "dvc", "repro")
+
+
+def flagged_after_editing(repo: Path, code_file: str) -> set[str]:
+    """The stages `dvc status` says are out of date once `code_file` changes (the edit is undone after)."""
+    path = repo / code_file
+    before = path.read_bytes()
+    path.write_bytes(before + b"\n# an edit\n")
+    try:
+        return set(json.loads(sh(repo, "dvc", "status", "--json").stdout))
+    finally:
+        path.write_bytes(before)
+
+
+def test_editing_chart_code_flags_plot_alone(built: Path) -> None:
+    assert flagged_after_editing(built, "classifier/charts.py") == {"plot"}
+
+
+def test_editing_model_saving_code_never_flags_the_data_stages(built: Path) -> None:
+    flagged = flagged_after_editing(built, "classifier/model_files.py")
+    assert flagged == {"build_and_compile", "train", "evaluate"}
+    assert not flagged & {"download", "preprocess"}
+
+
+def test_editing_the_shared_error_code_flags_every_stage(built: Path) -> None:
+    # The other side of the same promise: a file every stage imports reruns them all.
+    assert flagged_after_editing(built, "classifier/errors.py") == set(STAGES)
 
 
 def test_plots_show_writes_its_page(built: Path) -> None:

@@ -1,4 +1,4 @@
-"""train.distribution (one process, local devices, several worker processes) and resuming a killed run."""
+"""train.distribution (one process, local devices, several worker processes) and resuming a killed run, through the real train stage."""
 
 from __future__ import annotations
 
@@ -15,18 +15,21 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.conftest import PROJECT, learnable_images, make_project, sh, tool_env
-from classifier import distribute
-from classifier.backup import Backup, DEFAULT_DIR, run_key
-from classifier.errors import StageError
+from classifier.backup import DEFAULT_DIR
 from classifier.model_files import load_model
-from classifier.splits import save_split
+from conftest import PROJECT, make_project, sh, tool_env
 
 EPOCHS = 2
+
+
 BATCH = 32  # 256 training images: every global batch splits evenly over 2 replicas
+
+
 # Replicas sum their gradients in another order than one process does: the largest weight difference
 # measured here is 3.3e-7 (3.0e-6 if the single process used XLA, which the replicas never do).
 WEIGHT_TOLERANCE = 1e-5
+
+
 # Runs the train stage with the CPU split into two logical devices, as a machine with two GPUs would be.
 TWO_CPU_DEVICES = """
 import sys
@@ -40,23 +43,6 @@ run(train.main)
 """
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A compiled tiny model and train/validation splits, as build_and_compile and preprocess make them."""
-    from classifier.model import build_model, compile_model
-    from classifier.model_files import save_model
-    from classifier.runtime import configure_tensorflow
-
-    root = tmp_path_factory.mktemp("inputs")
-    rng = np.random.default_rng(1)
-    for split, count in (("train", 256), ("validation", 64)):
-        labels = rng.integers(0, 3, count)
-        save_split(root / "data" / f"{split}.npz", learnable_images(labels), labels)
-    configure_tensorflow(seed=42)
-    model = build_model(32, 3, [32], "relu")
-    compile_model(model, "adam", 0.001, "categorical_crossentropy")
-    save_model(model, root / "compiled.keras")
-    return root
 
 
 def train_command(inputs: Path, script: list[str] | None = None) -> list[str]:
@@ -178,89 +164,6 @@ def test_batch_size_must_split_evenly_over_replicas(inputs: Path, tmp_path: Path
     assert process.returncode == 1
     assert "error: params.yaml: train.batch_size = 33 does not split evenly over the 2 replicas" in output
 
-
-@pytest.mark.parametrize(
-    "tf_config, message",
-    [
-        (None, "needs the TF_CONFIG environment variable"),
-        ("{not json", "is not accepted; expected JSON like"),
-        ('{"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "worker", "index": 0}}', "only 'worker' tasks"),
-        ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}}', "task index 2 is not one of the 2"),
-    ],
-)
-def test_tf_config_mistakes_are_one_line_errors(tf_config: str | None, message: str) -> None:
-    with pytest.raises(StageError, match=message):
-        distribute.worker_from_tf_config({} if tf_config is None else {"TF_CONFIG": tf_config})
-
-
-def test_tf_config_gives_the_worker_index() -> None:
-    config = {"cluster": {"worker": ["a:1", "b:1", "c:1"]}, "task": {"type": "worker", "index": 2}}
-    assert distribute.worker_from_tf_config({"TF_CONFIG": json.dumps(config)}) == (2, 3)
-
-
-def test_shuffle_order_depends_only_on_seed_and_epoch() -> None:
-    """What makes a resumed run see the batches an uninterrupted one would: no hidden iteration state."""
-    import tensorflow as tf
-
-    from classifier.batches import index_batches
-
-    epoch = tf.Variable(0, dtype=tf.int64)
-    batches = index_batches(10, 4, seed=7, epoch=epoch)
-
-    def order(number: int) -> list[int]:
-        epoch.assign(number)
-        return np.concatenate([b.numpy() for b in batches]).tolist()
-
-    first, second, first_again = order(0), order(1), order(0)
-    assert sorted(first) == sorted(second) == list(range(10))
-    assert first != second and first == first_again
-    assert order(1) == [int(i) for b in index_batches(10, 4, seed=7, epoch=tf.constant(1, tf.int64)) for i in b]
-    # 10 rows in batches of 4 over 3 replicas: the last batch of 2 rows cannot feed 3 replicas.
-    assert [len(b) for b in index_batches(10, 4, replicas=3)] == [4, 4]
-    assert [len(b) for b in index_batches(10, 4, replicas=2)] == [4, 4, 2]
-
-
-def test_backup_keeps_the_last_two_whole_epochs_and_forgets_other_runs(inputs: Path, tmp_path: Path) -> None:
-    model = load_model(inputs / "compiled.keras")
-    metrics = tmp_path / "metrics"
-    (metrics / "plots").mkdir(parents=True)
-    backup = Backup(tmp_path / "backup", "run-a")
-    assert backup.latest() == 0
-    for epoch in (1, 2, 3):
-        (metrics / "plots" / "loss.tsv").write_text(f"epochs {epoch}")
-        backup.save(model, epoch, metrics)
-    (backup.dir / "epoch-0004.tmp").mkdir()  # killed while writing the next one
-    stale = Backup(tmp_path / "backup", "run-b")
-    stale.save(model, 1, None)
-    other_worker = Backup(tmp_path / "backup", "run-b", worker=1)
-    other_worker.save(model, 1, None)
-    assert backup.epochs() == [2, 3] and backup.latest() == 3
-
-    backup.forget_other_runs()
-    assert not stale.dir.exists() and not (backup.dir / "epoch-0004.tmp").exists()
-    assert other_worker.dir.exists(), "each worker only cleans its own backups"
-    backup.restore(model, 2, tmp_path / "restored")
-    assert (tmp_path / "restored" / "plots" / "loss.tsv").read_text() == "epochs 2"
-    assert backup.epochs() == [2], "a worker ahead of the others drops the epoch it redoes"
-    backup.delete()
-    assert not backup.dir.exists()
-
-
-def test_run_key_changes_with_params_and_inputs(tmp_path: Path) -> None:
-    data = tmp_path / "data.npz"
-    data.write_bytes(b"one")
-    params = {"seed": 1, "train": {"epochs": 2}, "plot": {"dpi": 100}}
-    key = run_key(params, [data])
-    assert run_key({**params, "plot": {"dpi": 50}}, [data]) == key, "params train does not read"
-    assert run_key({**params, "seed": 2}, [data]) != key
-    assert run_key({**params, "train": {"epochs": 3}}, [data]) != key
-    data.write_bytes(b"two")
-    assert run_key(params, [data]) != key
-
-
-# ---------------------------------------------------------------------------------------------
-# Resume: SIGKILL in the middle of `dvc repro`, then `dvc repro` again.
-# ---------------------------------------------------------------------------------------------
 
 RESUME_EPOCHS = 30
 

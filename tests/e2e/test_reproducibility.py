@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from dvc.repo import Repo
-
 from conftest import make_project, set_params, sh, tool_env
+from dvc.repo import Repo
 
 pytestmark = pytest.mark.e2e
 

@@ -1,0 +1,91 @@
+"""classifier/charts.py: best epochs, the confusion rows read back, and the misclassified grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_png, write_history
+
+from classifier import charts
+from classifier.charts import most_confident_mistakes, plot_misclassified
+from classifier.errors import StageError
+
+HISTORY = {
+    "train": {"loss": [2.0, 1.4, 1.1, 0.9], "accuracy": [0.3, 0.5, 0.6, 0.7]},
+    "eval": {"loss": [1.9, 1.5, 1.7, 1.5], "accuracy": [0.3, 0.45, 0.45, 0.4]},
+}
+
+
+def test_best_epoch_is_the_first_best_validation_value(tmp_path):
+    history = {m: charts.read_history(write_history(tmp_path, HISTORY), m) for m in ("loss", "accuracy")}
+    # Validation loss 1.9, 1.5, 1.7, 1.5: lowest first at the 2nd epoch. Accuracy .3 .45 .45 .4: 2nd too.
+    assert charts.best_epoch(history["loss"]["validation"], "loss") == (2, 1.5)
+    assert charts.best_epoch(history["accuracy"]["validation"], "accuracy") == (2, 0.45)
+
+
+def test_missing_history_names_the_file(tmp_path):
+    with pytest.raises(StageError, match=r"eval/loss\.tsv: missing"):
+        charts.read_history(write_history(tmp_path, {"train": HISTORY["train"]}), "loss")
+
+
+def test_confusion_matrix_from_csv_keeps_classes_json_order(tmp_path):
+    csv = tmp_path / "confusion.csv"
+    # Class names that look like numbers must stay names, in classes.json's order ("10" after "2").
+    csv.write_text("actual,predicted,confidence\n2,2,0.9\n2,10,0.8\n10,10,0.7\n10,10,0.6\n10,2,0.5\n")
+    actual, predicted, confidence = charts.read_predictions(csv, ["2", "10", "unused"])
+    assert confidence.tolist() == [0.9, 0.8, 0.7, 0.6, 0.5]
+    matrix = charts.count_matrix(actual, predicted, 3)
+    assert matrix.tolist() == [[1, 1, 0], [1, 2, 0], [0, 0, 0]]
+    # Per-class accuracy is the diagonal over the row: 1/2, 2/3, and 0 for a class with no images.
+    assert charts.per_class_accuracy(matrix) == pytest.approx([0.5, 2 / 3, 0.0])
+
+
+def test_confusion_with_an_unknown_class_is_a_one_line_error(tmp_path):
+    csv = tmp_path / "confusion.csv"
+    csv.write_text("actual,predicted,confidence\ncat,dog,0.5\n")
+    with pytest.raises(StageError, match=r"confusion\.csv: classes \['dog'\] are not in classes\.json"):
+        charts.read_predictions(csv, ["cat"])
+
+
+# Four classes, five test images; class "d" is never the answer nor predicted.
+CLASSES = ["a", "b", "c", "d"]
+
+
+LABELS = np.array([0, 0, 1, 2, 2])
+
+
+PROBABILITIES = np.array(
+    [
+        [0.70, 0.20, 0.10, 0.00],  # a -> a  right
+        [0.30, 0.60, 0.10, 0.00],  # a -> b  wrong; the true class is 2nd
+        [0.10, 0.80, 0.10, 0.00],  # b -> b  right
+        [0.50, 0.45, 0.05, 0.00],  # c -> a  wrong; the true class is 3rd
+        [0.20, 0.30, 0.50, 0.00],  # c -> c  right
+    ]
+)
+
+
+def test_most_confident_mistakes_come_first():
+    # Mistakes: image 1 (b at 0.6) and image 3 (a at 0.5).
+    predicted, confidence = PROBABILITIES.argmax(axis=1), PROBABILITIES.max(axis=1)
+    assert most_confident_mistakes(LABELS, predicted, confidence, 10).tolist() == [1, 3]
+    assert most_confident_mistakes(LABELS, predicted, confidence, 1).tolist() == [1]
+
+
+@pytest.mark.parametrize("mistakes_shown", [2, 1])
+def test_misclassified_grid_is_a_valid_png(tmp_path, mistakes_shown):
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
+    out = tmp_path / "misclassified.png"
+    predicted, confidence = PROBABILITIES.argmax(axis=1), PROBABILITIES.max(axis=1)
+    shown = plot_misclassified(images, LABELS, predicted, confidence, CLASSES, mistakes_shown, out, dpi=100)
+    assert shown == mistakes_shown
+    image = assert_png(out)
+    # One row of 1.8 inches + a 0.5 inch title band, at least 4 inches wide, at 100 dpi.
+    assert image.size == (400, 230)
+
+
+def test_misclassified_grid_without_mistakes_still_writes_a_png(tmp_path):
+    out = tmp_path / "misclassified.png"
+    images, confidence = np.zeros((5, 32, 32, 3), np.uint8), np.ones(5)
+    assert plot_misclassified(images, LABELS, LABELS, confidence, CLASSES, 25, out, dpi=100) == 0
+    assert out.stat().st_size > 0
