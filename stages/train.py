@@ -28,10 +28,11 @@ from classifier.backup import DEFAULT_DIR, Backup, resume, run_key
 from classifier.batches import load_images
 from classifier.callbacks import callback_state, early_stopping, restore_callback_state
 from classifier.errors import run
+from classifier.files import write_json
 from classifier.fit import fit
 from classifier.model_files import load_model, save_model
 from classifier.params import load_params
-from classifier.runtime import configure_tensorflow
+from classifier.runtime import configure_tensorflow, environment
 from classifier.schedules import use_learning_rate_schedule
 
 # oneDNN's allocator keeps every freed block in its own pool; the system allocator gives large blocks back
@@ -81,6 +82,8 @@ def main() -> None:
             live.step = initial_epoch  # DVCLive's own resume would log the epoch after epoch 1 as step 0 again
             callbacks.insert(0, DVCLiveCallback(live=live))
             fit(model, train, validation, settings, seed, callbacks, verbose, strategy, initial_epoch)
+        # Where this result came from, so that results from two machines are never mistaken for one.
+        write_json(metrics_dir / "environment.json", {"environment": environment()})
         del train, validation  # saving needs memory of its own: free the images first (peak RSS);
         gc.collect()  # tf.data's functions hold them in reference cycles
         save_model(model, args.model)

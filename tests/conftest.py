@@ -45,6 +45,16 @@ def write_tiny_splits(folder: Path, seed: int) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """90 training images (batch 16 leaves a partial last batch) and 30 validation images, 3 classes."""
+    from classifier.files import write_json
+
+    folder = write_tiny_splits(tmp_path_factory.mktemp("prepared"), seed=1)
+    write_json(folder / "classes.json", ["a", "b", "c"])
+    return folder
+
+
 def cifar_binary_bytes(images: np.ndarray, labels: np.ndarray) -> bytes:
     """Records of 1 label byte + R, G, B planes: the official CIFAR-10 binary layout."""
     planes = images.transpose(0, 3, 1, 2).reshape(len(labels), -1)

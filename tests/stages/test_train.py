@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from classifier.errors import StageError
+from classifier.runtime import cpu_facts
 from conftest import PROJECT, tool_env
 
 
@@ -42,6 +43,26 @@ def test_train_stage_logs_every_epoch_with_dvclive(prepared: Path, tmp_path: Pat
     assert result.stdout.count("val_loss") == 3
     assert "\x08" not in result.stdout and "━" not in result.stdout
     assert (tmp_path / "model.keras").stat().st_size > 0
+    # Where the result came from: two machines' experiments can be told apart (dvc metrics show).
+    environment = json.loads((tmp_path / "metrics" / "environment.json").read_text())["environment"]
+    assert environment["tensorflow"] == tf_version() and environment["intra_op_threads"] == params["train"]["threads"]
+    assert environment["cpu"] and environment["widest_vectors"] in ("AMX", "AVX-512", "AVX2", "AVX", "none")
+
+
+def tf_version() -> str:
+    from importlib.metadata import version
+
+    return version("tensorflow-cpu")
+
+
+def test_cpu_facts_tell_cpu_generations_and_instruction_sets_apart() -> None:
+    zen3 = "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx fma avx2\n"
+    zen4 = zen3.replace("model\t\t: 1", "model\t\t: 17").replace("avx2", "avx2 avx512f avx512bw avx512_vnni")
+    assert cpu_facts(zen3) == {
+        "cpu": "AMD EPYC", "cpu_family_model": "25/1", "instruction_sets": "sse4_2 avx fma avx2", "widest_vectors": "AVX2",
+    }  # fmt: skip
+    assert cpu_facts(zen4)["cpu_family_model"] == "25/17" and cpu_facts(zen4)["widest_vectors"] == "AVX-512"
+    assert "avx512_vnni" in cpu_facts(zen4)["instruction_sets"]
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from classifier.files import write_json
-from conftest import PROJECT, tool_env, write_tiny_splits
+from conftest import PROJECT, tool_env
 
 # Runs one small fit in a fresh process (thread counts can only be set before TensorFlow starts) and
 # prints a hash of the trained weights, the last epoch's logs and whether XLA was used.
@@ -37,14 +36,6 @@ weights = hashlib.sha256(b"".join(w.numpy().tobytes() for w in model.weights)).h
 logs = {k: v[-1] for k, v in history.history.items()}
 print(json.dumps({"weights": weights, "logs": logs, "xla": model.jit_compile}))
 """
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """90 training images (batch 16 leaves a partial last batch) and 30 validation images, 3 classes."""
-    folder = write_tiny_splits(tmp_path_factory.mktemp("prepared"), seed=1)
-    write_json(folder / "classes.json", ["a", "b", "c"])
-    return folder
 
 
 def fit_in_subprocess(data: Path, strategy: str = "none", **overrides) -> dict:
