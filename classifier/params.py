@@ -1,101 +1,71 @@
-"""params.yaml: one schema for every key, checked before any stage does real work."""
+"""params.yaml: one schema for every key (pydantic models), checked before any stage does real work.
 
-from __future__ import annotations
+The same models are published for editors as params.schema.json; regenerate it after changing them:
+`python -m classifier.params --json-schema > params.schema.json`.
+"""
 
 import difflib
+import json
 import os
 import re
-from typing import Any, Callable, Iterator
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from classifier.errors import StageError
 
 PARAMS_FILE = "params.yaml"
 
 
-class Rule:
-    """Accepts a value when `check` returns True; `accepted` tells the user what would pass.
+@dataclass(frozen=True)
+class Says:
+    """What a field accepts, in words; `names` are the accepted words, so 'Adam' gets a did-you-mean."""
 
-    `names` lists the accepted words (if any), so a near miss such as 'Adam' gets a did-you-mean.
-    """
-
-    def __init__(self, accepted: str, check: Callable[[Any], bool], names: tuple[Any, ...] = ()):
-        self.accepted = accepted
-        self.check = check
-        self.names = names
+    accepted: str
+    names: tuple[Any, ...] = ()
 
 
-def integer(minimum: int | None = None, maximum: int | None = None) -> Rule:
-    bounds = _bounds_text(minimum, maximum)
-    return Rule(
-        f"an integer{bounds}",
-        lambda v: isinstance(v, int)
-        and not isinstance(v, bool)
-        and (minimum is None or v >= minimum)
-        and (maximum is None or v <= maximum),
-    )
+def _says(metadata: Any) -> Says:
+    return next(m for m in metadata if isinstance(m, Says))
 
 
-def number(minimum: float, maximum: float, *, exclusive: bool = False) -> Rule:
-    def check(v: Any) -> bool:
-        if not isinstance(v, (int, float)) or isinstance(v, bool):
-            return False
-        return minimum < v < maximum if exclusive else minimum <= v <= maximum
-
-    sign = ("> ", " and < ") if exclusive else (">= ", " and <= ")
-    return Rule(f"a number {sign[0]}{minimum}{sign[1]}{maximum}", check)
+def integer(minimum: int, maximum: int) -> Any:
+    return Annotated[int, Field(ge=minimum, le=maximum), Says(f"an integer from {minimum} to {maximum}")]
 
 
-def choice(*names: Any) -> Rule:
-    accepted = f"'{names[0]}'" if len(names) == 1 else "one of " + ", ".join(map(str, names))
-    return Rule(accepted, lambda v: v in names, names)
+def number(minimum: float, maximum: float, *, exclusive: bool = False) -> Any:
+    if exclusive:
+        return Annotated[float, Field(gt=minimum, lt=maximum), Says(f"a number > {minimum} and < {maximum}")]
+    return Annotated[float, Field(ge=minimum, le=maximum), Says(f"a number >= {minimum} and <= {maximum}")]
 
 
-def text(accepted: str = "a string", check: Callable[[str], bool] = lambda v: True) -> Rule:
-    return Rule(accepted, lambda v: isinstance(v, str) and bool(v) and check(v))
+def choice(*names: str) -> Any:
+    accepted = f"'{names[0]}'" if len(names) == 1 else "one of " + ", ".join(names)
+    return Annotated[Literal[names], Says(accepted, names)]
 
 
-def either(*rules: Rule) -> Rule:
-    return Rule(
-        " or ".join(r.accepted for r in rules),
-        lambda v: any(r.check(v) for r in rules),
-        tuple(name for r in rules for name in r.names),
-    )
+def either(*kinds: Any) -> Any:
+    says = [_says(kind.__metadata__) for kind in kinds]
+    joined = Says(" or ".join(s.accepted for s in says), tuple(n for s in says for n in s.names))
+    return Annotated[Union[kinds], joined]  # noqa: UP007 (a tuple of types)
 
 
-def list_of(item: Rule, min_length: int = 1) -> Rule:
-    size = "a list (possibly empty)" if min_length == 0 else f"a list of at least {min_length} items"
-    return Rule(
-        f"{size}, each {item.accepted}",
-        lambda v: isinstance(v, list) and len(v) >= min_length and all(item.check(i) for i in v),
-    )
+def list_of(item: Any) -> Any:
+    return Annotated[list[item], Says(f"a list (possibly empty), each {_says(item.__metadata__).accepted}")]
 
 
-NULL = Rule("null", lambda v: v is None)
-BOOLEAN = Rule("true or false", lambda v: isinstance(v, bool))
-
-
-def _bounds_text(minimum: Any, maximum: Any) -> str:
-    if minimum is not None and maximum is not None:
-        return f" from {minimum} to {maximum}"
-    if minimum is not None:
-        return f" >= {minimum}"
-    if maximum is not None:
-        return f" <= {maximum}"
-    return ""
-
-
-def _is_checksum(value: str) -> bool:
-    algorithm, _, digest = value.partition(":")
-    lengths = {"md5": 32, "sha256": 64}
-    return (
-        algorithm in lengths
-        and len(digest) == lengths[algorithm]
-        and all(c in "0123456789abcdef" for c in digest.lower())
-    )
-
-
+NULL = Annotated[None, Says("null")]
+BOOLEAN = Annotated[bool, Says("true or false")]
+PLACE = Annotated[str, Field(min_length=1), Says("a URL (http, https, file) or a local path")]
+HEX = r"^(md5:[0-9a-fA-F]{32}|sha256:[0-9a-fA-F]{64})$"
+CHECKSUM = Annotated[str, Field(pattern=HEX), Says("'md5:<32 hex digits>' or 'sha256:<64 hex digits>'")]
+FRACTION = number(0.0, 1.0, exclusive=True)
+SECONDS = number(0.0, 3600.0, exclusive=True)
+EPOCHS = integer(1, 100000)
 ACTIVATIONS = (
     "relu", "sigmoid", "tanh", "elu", "selu", "gelu", "silu", "swish", "softplus", "softsign",
     "leaky_relu", "relu6", "mish", "hard_sigmoid", "hard_silu", "exponential", "linear",
@@ -103,94 +73,187 @@ ACTIVATIONS = (
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "adadelta", "adamax", "nadam", "lion")
 LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
 
-SCHEMA: dict[str, Any] = {
-    "seed": integer(0, 2**31 - 1),
-    "download": {
-        "url": text("a URL (http, https, file) or a local path"),
-        "checksum": either(NULL, text("'md5:<32 hex digits>' or 'sha256:<64 hex digits>'", _is_checksum)),
-        "connect_timeout": number(0.0, 3600.0, exclusive=True),
-        "read_timeout": number(0.0, 3600.0, exclusive=True),
-        "retries": integer(0, 100),
-        "retry_delay": number(0.0, 3600.0),
-    },
-    "preprocess": {
-        "image_size": integer(8, 1024),
-        "fit": choice("crop", "pad", "stretch"),
-        "validation": either(number(0.0, 1.0, exclusive=True), choice("test")),
-        "test_from_train": either(NULL, number(0.0, 1.0, exclusive=True)),
-        "cifar100_label": choice("fine", "coarse"),
-        "on_bad_image": choice("error", "skip"),
-        "limits": {
-            "max_members": integer(1, 10**9),
-            "max_uncompressed_mb": number(0.0, 1e9, exclusive=True),
-            "max_image_megapixels": number(0.0, 1000.0, exclusive=True),
-        },
-    },
-    "model": {
-        "hidden_units": list_of(integer(1, 65536), min_length=0),
-        "activation": choice(*ACTIVATIONS),
-        "normalization": choice("none", "batch", "layer"),
-        "dropout": number(0.0, 0.95),
-        "residual": BOOLEAN,
-        "optimizer": choice(*OPTIMIZERS),
-        "learning_rate": number(0.0, 10.0, exclusive=True),
-        "weight_decay": number(0.0, 1.0),
-        "label_smoothing": number(0.0, 0.5),
-        "loss": choice(*LOSSES),
-    },
-    "train": {
-        "batch_size": integer(1, 65536),
-        "epochs": integer(1, 100000),
-        "threads": integer(1, 1024),
-        "steps_per_execution": integer(1, 1_000_000),
-        "jit_compile": BOOLEAN,
-        "distribution": choice("single", "mirrored", "multi_worker"),
-        "lr_schedule": choice("constant", "cosine"),
-        "warmup_epochs": integer(0, 100000),
-        "early_stopping": either(NULL, integer(1, 100000)),
-        "augment": {
-            "flip": BOOLEAN,
-            "crop_padding": integer(0, 64),
-        },
-    },
-    "evaluate": {
-        "top_k": integer(1, 1000),
-    },
-    "plot": {
-        "dpi": integer(20, 600),
-        "width": number(1.0, 40.0),
-        "height": number(1.0, 40.0),
-        "misclassified": integer(1, 400),
-    },
-}
+
+def about(text: str) -> Any:
+    """A required key, described (for editors) in params.schema.json."""
+    return Field(description=text)
 
 
-def validate_params(params: Any, schema: dict[str, Any] = SCHEMA, where: str = "") -> None:
-    """Raise StageError naming the key path, the bad value and what is accepted."""
-    if not isinstance(params, dict):
-        place = f"'{where[:-1]}'" if where else "the file"
-        raise StageError(
-            f"{PARAMS_FILE}: {place} must be a mapping with keys {', '.join(schema)}; got {params!r}"
-        )
-    for key in params:
-        if key not in schema:
-            raise StageError(
-                f"{PARAMS_FILE}: unknown key '{where}{key}'{_did_you_mean_key(str(key), schema, where)} "
-                f"(accepted keys here: {', '.join(schema)})"
-            )
-    for key, rule in schema.items():
-        path = f"{where}{key}"
-        if key not in params:
-            expected = f"a mapping with keys {', '.join(rule)}" if isinstance(rule, dict) else rule.accepted
-            raise StageError(f"{PARAMS_FILE}: missing key '{path}' (expected {expected})")
-        value = params[key]
-        if isinstance(rule, dict):
-            validate_params(value, rule, f"{path}.")
-        elif not rule.check(value):
-            raise StageError(
-                f"{PARAMS_FILE}: {path} = {value!r} is not accepted; expected {rule.accepted}"
-                + _did_you_mean_name(value, rule.names)
-            )
+class Section(BaseModel):
+    """Strict: no '1' -> 1, bool is not an int (an int is a float); no unknown key, no missing key."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+class Download(Section):
+    """Where the dataset archive comes from, and how it is fetched."""
+
+    url: PLACE = about("https://..., file://..., or a local archive or folder")
+    checksum: either(NULL, CHECKSUM) = about("md5:... or sha256:... of the archive; null = no check")
+    connect_timeout: SECONDS = about("seconds to wait for the server to accept and answer")
+    read_timeout: SECONDS = about("seconds to wait for the next bytes of the body before retrying")
+    retries: integer(0, 100) = about("retries after a timeout, dropped connection or HTTP 5xx")
+    retry_delay: number(0.0, 3600.0) = about("seconds before the first retry; doubled after each")
+
+
+class Limits(Section):
+    """Refuse archives beyond these (archive bombs, decompression bombs)."""
+
+    max_members: integer(1, 10**9) = about("most files an archive may hold")
+    max_uncompressed_mb: number(0.0, 1e9, exclusive=True) = about("most MB an archive may unpack to")
+    max_image_megapixels: number(0.0, 1000.0, exclusive=True) = about("largest image, in megapixels")
+
+
+class Preprocess(Section):
+    """How the images become the train, validation and test splits."""
+
+    image_size: integer(8, 1024) = about("images are fitted to image_size x image_size RGB")
+    fit: choice("crop", "pad", "stretch") = about("non-square images: centre crop, black bars, or stretch")
+    validation: either(FRACTION, choice("test")) = about(
+        'fraction of train held out for validation; "test" = validate on the test set (leaks)'
+    )
+    test_from_train: either(NULL, FRACTION) = about("no test/ folder: fraction of each class moved to test")
+    cifar100_label: choice("fine", "coarse") = about("CIFAR-100 archives: fine (100 classes), coarse (20)")
+    on_bad_image: choice("error", "skip") = about("unreadable image: error, or skip (counted in the metrics)")
+    limits: Limits = about(Limits.__doc__)
+
+
+class Model(Section):
+    """The network and how it is compiled."""
+
+    hidden_units: list_of(integer(1, 65536)) = about("one Dense layer per entry, of this many units")
+    activation: choice(*ACTIVATIONS) = about("the activation of every hidden layer")
+    normalization: choice("none", "batch", "layer") = about("normalise hidden layers before activation")
+    dropout: number(0.0, 0.95) = about("fraction of each hidden layer's outputs dropped in training")
+    residual: BOOLEAN = about("hidden layers as wide as their input add it: x + layer(x)")
+    optimizer: choice(*OPTIMIZERS) = about("the Keras optimizer")
+    learning_rate: number(0.0, 10.0, exclusive=True) = about("the peak rate if lr_schedule is cosine")
+    weight_decay: number(0.0, 1.0) = about("decoupled weight decay, as in AdamW: 0 = off")
+    label_smoothing: number(0.0, 0.5) = about("targets (1-s) * one-hot + s/classes (categorical loss only)")
+    loss: choice(*LOSSES) = about("the Keras loss")
+
+
+class Augment(Section):
+    """Training images only (never validation or test), seeded per (seed, epoch, batch)."""
+
+    flip: BOOLEAN = about("mirror left-right with probability 1/2")
+    crop_padding: integer(0, 64) = about("pad with this many black pixels, crop back at random (0 = off)")
+
+
+class Train(Section):
+    """How the model is fitted."""
+
+    batch_size: integer(1, 65536) = about("images per training step")
+    epochs: EPOCHS = about("passes over the training split")
+    threads: integer(1, 1024) = about("TensorFlow intra/inter-op threads; results depend on it")
+    steps_per_execution: integer(1, 1_000_000) = about("batches per call into TensorFlow: speed only")
+    jit_compile: BOOLEAN = about(
+        "XLA-compile each training step: ~1.7x less CPU time per epoch; rounds differently from false "
+        "(still identical run to run); CPU only: ignored on a GPU or under tf.distribute"
+    )
+    distribution: choice("single", "mirrored", "multi_worker") = about(
+        "single process | mirrored: all local GPUs/CPUs | multi_worker: machines in TF_CONFIG"
+    )
+    lr_schedule: choice("constant", "cosine") = about("cosine: decay model.learning_rate to 0 over the run")
+    warmup_epochs: integer(0, 100000) = about("cosine only: ramp the rate up from 0 over this many epochs")
+    early_stopping: either(NULL, EPOCHS) = about(
+        "null = off; N = stop after N epochs without a better val_accuracy, and keep the weights of "
+        "the best epoch (model selection on validation)"
+    )
+    augment: Augment = about(Augment.__doc__)
+
+
+class Evaluate(Section):
+    """Metrics on the test split."""
+
+    top_k: integer(1, 1000) = about("also report top-k accuracy: the true class is among the k best")
+
+
+class Plot(Section):
+    """Every PNG chart of the plot stage."""
+
+    dpi: integer(20, 600) = about("dots per inch")
+    width: number(1.0, 40.0) = about("inches")
+    height: number(1.0, 40.0) = about("inches")
+    misclassified: integer(1, 400) = about("misclassified.png: the N most confidently misclassified images")
+
+
+class Params(Section):
+    """Every knob of the pipeline. Defaults reproduce the classic Keras MLP recipe on CIFAR-10."""
+
+    model_config = ConfigDict(title="params.yaml")
+
+    seed: integer(0, 2**31 - 1) = about("drives the validation split, initialisation and shuffling")
+    download: Download = about(Download.__doc__)
+    preprocess: Preprocess = about(Preprocess.__doc__)
+    model: Model = about(Model.__doc__)
+    train: Train = about(Train.__doc__)
+    evaluate: Evaluate = about(Evaluate.__doc__)
+    plot: Plot = about(Plot.__doc__)
+
+
+def _section(field: Any) -> Any:
+    kind = field.annotation
+    return kind if isinstance(kind, type) and issubclass(kind, Section) else None
+
+
+def _schema_of(model: type[Section]) -> dict[str, Any]:
+    fields = model.model_fields.items()
+    return {k: _schema_of(_section(f)) if _section(f) else _says(f.metadata).accepted for k, f in fields}
+
+
+# Each key's accepted values in words, sections as nested dicts (the keys in order, for messages and tests).
+SCHEMA: dict[str, Any] = _schema_of(Params)
+
+
+def validate_params(params: Any) -> None:
+    """Raise StageError naming the key path, the bad value and what is accepted (the first mistake only)."""
+    try:
+        Params.model_validate(params)
+    except ValidationError as error:
+        located = [_locate(params, e["loc"], e["type"], e["input"]) for e in error.errors(include_url=False)]
+        raise StageError(_message(params, *min(located, key=lambda found: found[-1]))) from None
+
+
+def _locate(params: Any, loc: tuple[Any, ...], kind: str, value: Any) -> tuple[Any, ...]:
+    """The section holding the mistake, the key path, the key's field (None for a section), the mistake's
+    kind and its place in the order a reader meets them: in each section unknown keys first, then each key."""
+    model, path, field, node, order = Params, [], None, params, []
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:  # an unknown key, or a list index / union member below a key
+            key = value if kind == "invalid_key" else part  # a non-string key is in the loc as a string
+            if kind in ("extra_forbidden", "invalid_key") and isinstance(node, dict) and key in node:
+                return model, path, key, "unknown", [*order, (0, list(node).index(key))]
+            break
+        path.append(part)
+        order.append((1, list(model.model_fields).index(part)))
+        node = node.get(part) if isinstance(node, dict) else None
+        if not _section(field):
+            break
+        model, field = _section(field), None
+    return model, path, field, kind, order
+
+
+def _message(params: Any, model: Any, path: list[str], field: Any, kind: str, order: Any) -> str:
+    where, keys = "".join(f"{key}." for key in path), ", ".join(model.model_fields)
+    if kind == "unknown":
+        hint = _did_you_mean_key(str(field), model.model_fields, where)
+        return f"{PARAMS_FILE}: unknown key '{where}{field}'{hint} (accepted keys here: {keys})"
+    if kind == "missing":
+        expected = _says(field.metadata).accepted if field else f"a mapping with keys {keys}"
+        return f"{PARAMS_FILE}: missing key '{where[:-1]}' (expected {expected})"
+    value = params
+    for key in path:
+        value = value[key]
+    if field is None:
+        place = f"'{where[:-1]}'" if path else "the file"
+        return f"{PARAMS_FILE}: {place} must be a mapping with keys {keys}; got {value!r}"
+    says = _says(field.metadata)
+    return (
+        f"{PARAMS_FILE}: {where[:-1]} = {value!r} is not accepted; expected {says.accepted}"
+        + _did_you_mean_name(value, says.names)
+    )
 
 
 def _key_paths(schema: dict[str, Any], where: str = "") -> Iterator[str]:
@@ -200,13 +263,13 @@ def _key_paths(schema: dict[str, Any], where: str = "") -> Iterator[str]:
             yield from _key_paths(rule, f"{where}{key}.")
 
 
-def _did_you_mean_key(key: str, schema: dict[str, Any], where: str) -> str:
+def _did_you_mean_key(key: str, siblings: Any, where: str) -> str:
     """The key's home in another section ('learning_rate' -> 'model.learning_rate'), else a look-alike
     sibling ('epoch' -> 'train.epochs'), else a look-alike anywhere."""
     homes = {path.rpartition(".")[2]: path for path in reversed(list(_key_paths(SCHEMA)))}
     if key in homes:
         return f"; did you mean '{homes[key]}'?"
-    close = difflib.get_close_matches(key, list(schema), n=1)
+    close = difflib.get_close_matches(key, list(siblings), n=1)
     if close:
         return f"; did you mean '{where}{close[0]}'?"
     close = difflib.get_close_matches(key, list(homes), n=1)
@@ -237,7 +300,7 @@ def load_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
     """Read and validate the whole params file, so a typo anywhere fails every stage at once.
 
     Stages call this first, before importing TensorFlow or reading data: a bad value fails in
-    about a second instead of after minutes of work.
+    about a second instead of after minutes of work. Returns the file's plain dict.
     """
     try:
         with open(path, encoding="utf-8") as f:
@@ -271,3 +334,15 @@ def check_combinations(params: dict[str, Any]) -> None:
             f"{PARAMS_FILE}: train.warmup_epochs = {train['warmup_epochs']} must be less than "
             f"train.epochs = {train['epochs']}"
         )
+
+
+def json_schema_text() -> str:
+    """params.schema.json: params.yaml's JSON Schema (draft 2020-12, as pydantic writes it)."""
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **Params.model_json_schema()}
+    return json.dumps(schema, indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--json-schema"]:
+        sys.exit("usage: python -m classifier.params --json-schema > params.schema.json")
+    sys.stdout.write(json_schema_text())

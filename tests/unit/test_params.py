@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import shlex
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import yaml
 
 from conftest import PROJECT, make_project, sh, tool_env
 from classifier.errors import StageError
-from classifier.params import SCHEMA, load_params
+from classifier.params import SCHEMA, _ParamsLoader, load_params
 
 TRAIN_KEYS = ", ".join(SCHEMA["train"])
 
@@ -139,7 +140,7 @@ def test_unknown_name_lists_the_known_ones(tmp_path: Path, key: str, value: str,
     "change, expected",
     [
         (lambda p: p["train"].pop("epochs"), "missing key 'train.epochs' (expected an integer from 1 to 100000)"),
-        (lambda p: p.pop("plot"), "missing key 'plot' (expected a mapping with keys dpi, width, height)"),
+        (lambda p: p.pop("plot"), "missing key 'plot' (expected a mapping with keys dpi, width, height, misclassified)"),
     ],
 )
 def test_missing_key_says_what_belongs_there(tmp_path: Path, change, expected: str) -> None:
@@ -209,3 +210,76 @@ def test_dvc_repro_stops_at_the_first_stage_on_a_typo(tmp_path: Path, binary_arc
     assert "error: params.yaml: unknown key 'train.epoch'; did you mean 'train.epochs'?" in result.stderr
     assert "Running stage 'preprocess'" not in result.stdout
     assert not (repo / "data/raw/dataset.archive").exists()
+
+
+def run_python(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, *args]
+    return subprocess.run(command, cwd=PROJECT, env=tool_env(), capture_output=True, text=True, timeout=120,
+                          check=False)  # fmt: skip
+
+
+def test_published_json_schema_is_the_models_schema() -> None:
+    """params.schema.json is generated from the models (regenerate it as below, never edit it)."""
+    result = run_python("-m", "classifier.params", "--json-schema")
+    assert result.returncode == 0, result.stderr
+    assert (PROJECT / "params.schema.json").read_text() == result.stdout, (
+        "params.schema.json is stale: python -m classifier.params --json-schema > params.schema.json"
+    )
+    first_line = (PROJECT / "params.yaml").read_text().splitlines()[0]
+    assert first_line == "# yaml-language-server: $schema=params.schema.json", "editors find the schema"
+
+
+def test_json_schema_describes_every_key() -> None:
+    schema = json.loads((PROJECT / "params.schema.json").read_text())
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["title"] == "params.yaml" and schema["description"]
+
+    def described(node: dict, where: str = "") -> dict[str, str]:
+        found = {}
+        for key, prop in node["properties"].items():
+            target = schema["$defs"][prop["$ref"].rpartition("/")[2]] if "$ref" in prop else prop
+            found[f"{where}{key}"] = prop.get("description") or target.get("description")
+            if "$ref" in prop:
+                assert target["additionalProperties"] is False
+                assert target["required"] == list(target["properties"]), "every key is required"
+                found |= described(target, f"{where}{key}.")
+        return found
+
+    descriptions = described(schema)
+    assert set(descriptions) >= leaf_paths(SCHEMA) and all(descriptions.values())
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda p: p["train"].update(epoch=p["train"].pop("epochs")),
+        lambda p: p.update(learning_rate=0.01),
+        lambda p: p["model"].update(optimizer="Adam"),
+        lambda p: p["train"].update(epochs="ten"),
+        lambda p: p["train"].update(epochs=0),
+        lambda p: p["download"].update(checksum="c32a1d4a"),
+        lambda p: p["preprocess"].update(validation=1.5),
+        lambda p: p.pop("plot"),
+    ],
+    ids=["typo", "top-level", "choice", "str-for-int", "out-of-range", "checksum", "validation", "missing"],
+)
+def test_json_schema_agrees_with_the_models(tmp_path: Path, change) -> None:
+    """A real JSON Schema validator (if installed) accepts params.yaml, refuses what load_params refuses."""
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed (not a dependency)")
+    validator = jsonschema.Draft202012Validator(json.loads((PROJECT / "params.schema.json").read_text()))
+    validator.check_schema(validator.schema)
+    defaults = yaml.load((PROJECT / "params.yaml").read_text(), Loader=_ParamsLoader)
+    assert list(validator.iter_errors(defaults)) == []
+    error_for(tmp_path, change)
+    params = copy.deepcopy(defaults)
+    change(params)
+    assert list(validator.iter_errors(params)), "the JSON Schema accepts what load_params refuses"
+
+
+def test_importing_params_does_not_import_tensorflow() -> None:
+    """Stages check params.yaml before TensorFlow loads: the schema must not pull it in."""
+    code = "import json, sys, classifier.params; print(json.dumps(sorted(sys.modules)))"
+    result = run_python("-c", code)
+    assert result.returncode == 0, result.stderr
+    imported = {name.split(".")[0] for name in json.loads(result.stdout)}
+    assert "pydantic" in imported and not imported & {"tensorflow", "keras", "dvclive"}
