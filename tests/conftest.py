@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,36 @@ def make_image_folder(root: Path, classes: list[str] = CLASSES, train: int = 20,
             for i, image in enumerate(learnable_images(np.full(count, label), seed=label)):
                 Image.fromarray(image).save(folder / f"{i:04d}.{ext}")
     return root
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def tar_of(path: Path, files: dict[str, bytes], mode: str = "w:gz") -> Path:
+    with tarfile.open(path, mode) as archive:
+        for name, data in files.items():
+            add_bytes(archive, name, data)
+    return path
+
+
+def zip_of(path: Path, files: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return path
+
+
+def folder_files(classes=CLASSES, train: int = 4, test: int = 2, root: str = "photos") -> dict[str, bytes]:
+    """{member name: PNG bytes} of an image folder whose classes have distinct colours."""
+    files = {}
+    for label, cls in enumerate(classes):
+        for split, count in (("train", train), ("test", test)):
+            for i, image in enumerate(learnable_images(np.full(count, label), seed=label)):
+                files[f"{root}/{split}/{cls}/{i}.png"] = encode(Image.fromarray(image), "PNG")
+    return files
 
 
 def sha256(path: Path) -> str:

@@ -20,8 +20,6 @@ from classifier.model_files import load_model
 from conftest import PROJECT, make_project, sh, tool_env
 
 EPOCHS = 2
-
-
 BATCH = 32  # 256 training images: every global batch splits evenly over 2 replicas
 
 

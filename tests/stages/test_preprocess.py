@@ -2,54 +2,25 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 from conftest import (
-    CLASSES,
+    tar_of, folder_files,
     PROJECT,
-    add_bytes,
-    learnable_images,
     make_cifar_binary_archive,
     make_image_folder,
     make_project,
     set_params,
     sh,
 )  # fmt: skip
-from PIL import Image
 
 from classifier.splits import load_split
-
-
-def folder_files(classes=CLASSES, train: int = 4, test: int = 2, root: str = "photos") -> dict[str, bytes]:
-    """{member name: PNG bytes} of an image folder whose classes have distinct colours."""
-    files = {}
-    for label, cls in enumerate(classes):
-        for split, count in (("train", train), ("test", test)):
-            for i, image in enumerate(learnable_images(np.full(count, label), seed=label)):
-                files[f"{root}/{split}/{cls}/{i}.png"] = encode(Image.fromarray(image), "PNG")
-    return files
-
-
-def encode(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
-def tar_of(path: Path, files: dict[str, bytes], mode: str = "w:gz") -> Path:
-    with tarfile.open(path, mode) as archive:
-        for name, data in files.items():
-            add_bytes(archive, name, data)
-    return path
 
 
 def run_stage(workdir: Path, raw: Path, overrides: dict | None = None) -> subprocess.CompletedProcess:

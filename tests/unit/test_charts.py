@@ -47,37 +47,22 @@ def test_confusion_with_an_unknown_class_is_a_one_line_error(tmp_path):
         charts.read_predictions(csv, ["cat"])
 
 
-# Four classes, five test images; class "d" is never the answer nor predicted.
+# Five test images of four classes: images 1 (b at 0.6) and 3 (a at 0.5) are misclassified.
 CLASSES = ["a", "b", "c", "d"]
-
-
-LABELS = np.array([0, 0, 1, 2, 2])
-
-
-PROBABILITIES = np.array(
-    [
-        [0.70, 0.20, 0.10, 0.00],  # a -> a  right
-        [0.30, 0.60, 0.10, 0.00],  # a -> b  wrong; the true class is 2nd
-        [0.10, 0.80, 0.10, 0.00],  # b -> b  right
-        [0.50, 0.45, 0.05, 0.00],  # c -> a  wrong; the true class is 3rd
-        [0.20, 0.30, 0.50, 0.00],  # c -> c  right
-    ]
-)
+LABELS, PREDICTED = np.array([0, 0, 1, 2, 2]), np.array([0, 1, 1, 0, 2])
+CONFIDENCE = np.array([0.7, 0.6, 0.8, 0.5, 0.5])
 
 
 def test_most_confident_mistakes_come_first():
-    # Mistakes: image 1 (b at 0.6) and image 3 (a at 0.5).
-    predicted, confidence = PROBABILITIES.argmax(axis=1), PROBABILITIES.max(axis=1)
-    assert most_confident_mistakes(LABELS, predicted, confidence, 10).tolist() == [1, 3]
-    assert most_confident_mistakes(LABELS, predicted, confidence, 1).tolist() == [1]
+    assert most_confident_mistakes(LABELS, PREDICTED, CONFIDENCE, 10).tolist() == [1, 3]
+    assert most_confident_mistakes(LABELS, PREDICTED, CONFIDENCE, 1).tolist() == [1]
 
 
 @pytest.mark.parametrize("mistakes_shown", [2, 1])
 def test_misclassified_grid_is_a_valid_png(tmp_path, mistakes_shown):
     images = np.random.default_rng(0).integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
     out = tmp_path / "misclassified.png"
-    predicted, confidence = PROBABILITIES.argmax(axis=1), PROBABILITIES.max(axis=1)
-    shown = plot_misclassified(images, LABELS, predicted, confidence, CLASSES, mistakes_shown, out, dpi=100)
+    shown = plot_misclassified(images, LABELS, PREDICTED, CONFIDENCE, CLASSES, mistakes_shown, out, dpi=100)
     assert shown == mistakes_shown
     image = assert_png(out)
     # One row of 1.8 inches + a 0.5 inch title band, at least 4 inches wide, at 100 dpi.

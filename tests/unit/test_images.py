@@ -6,16 +6,11 @@ import io
 
 import numpy as np
 import pytest
+from conftest import encode
 from PIL import Image
 
 from classifier.errors import StageError
 from classifier.images import ImageDecoder, decode_image, decode_images, fit_image
-
-
-def encode(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
 
 
 def solid(mode: str, colour, size=(40, 30)) -> Image.Image:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import io
 import tarfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import (
+    encode, tar_of, zip_of, folder_files,
     CLASSES,
     MINI_JPG,
-    add_bytes,
     learnable_images,
 )  # fmt: skip
 from PIL import Image
@@ -22,36 +21,6 @@ from classifier.dataset import Options
 from classifier.errors import StageError
 from classifier.images import ImageDecoder
 from classifier.layouts import read_dataset
-
-
-def encode(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
-def tar_of(path: Path, files: dict[str, bytes], mode: str = "w:gz") -> Path:
-    with tarfile.open(path, mode) as archive:
-        for name, data in files.items():
-            add_bytes(archive, name, data)
-    return path
-
-
-def zip_of(path: Path, files: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return path
-
-
-def folder_files(classes=CLASSES, train: int = 4, test: int = 2, root: str = "photos") -> dict[str, bytes]:
-    """{member name: PNG bytes} of an image folder whose classes have distinct colours."""
-    files = {}
-    for label, cls in enumerate(classes):
-        for split, count in (("train", train), ("test", test)):
-            for i, image in enumerate(learnable_images(np.full(count, label), seed=label)):
-                files[f"{root}/{split}/{cls}/{i}.png"] = encode(Image.fromarray(image), "PNG")
-    return files
 
 
 def test_skip_mode_drops_bad_files_and_reports_them():

@@ -18,8 +18,6 @@ from classifier.metrics import (
 
 # Four classes, five test images; class "d" is never the answer nor predicted.
 CLASSES = ["a", "b", "c", "d"]
-
-
 LABELS = np.array([0, 0, 1, 2, 2])
 
 
@@ -36,8 +34,6 @@ PROBABILITIES = np.array(
 
 # By hand: confusion [actual, predicted] = a: [1 1 0 0], b: [0 1 0 0], c: [1 0 1 0], d: [0 0 0 0].
 EXPECTED_CONFUSION = [[1, 1, 0, 0], [0, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]]
-
-
 EXPECTED_PER_CLASS = {
     # precision = right / predicted as the class; recall = right / images of the class; F1 = 2PR/(P+R)
     "a": {"precision": 1 / 2, "recall": 1 / 2, "f1": 1 / 2},
