@@ -9,8 +9,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from classifier.errors import StageError
+from classifier.errors import StageError, is_disk_full
 from classifier.files import FIXED_ZIP_DATE, atomic_path
+from classifier.model_checks import check_model_file, keras_failure
 
 def save_model(model: Any, path: str | os.PathLike) -> None:
     """Save a .keras model whose bytes depend only on its config and weights.
@@ -52,8 +53,26 @@ def _renumber_object_ids(config: Any) -> Any:
 
 
 def load_model(path: str | os.PathLike) -> Any:
-    import keras
+    """The model in a .keras file, or a StageError `<path>: <what is wrong>` (classifier/model_checks.py).
 
-    if not Path(path).exists():
-        raise StageError(f"{path}: model file not found")
-    return keras.models.load_model(path)
+    Keras' safe mode stays on: a config that asks for code (a Lambda layer's stored lambda, a function
+    or class from outside Keras, an unknown custom object) is refused, and no code from the file runs.
+    """
+    check_model_file(path)
+    return _keras_load(path)
+
+
+def _keras_load(path: str | os.PathLike) -> Any:
+    import keras
+    from keras.src.saving.serialization_lib import SafeModeScope
+
+    try:
+        # The scope too: `keras.config.enable_unsafe_deserialization()` would override safe_mode=True.
+        with SafeModeScope(True):
+            return keras.saving.load_model(path, safe_mode=True)
+    except MemoryError:
+        raise
+    except Exception as error:
+        if is_disk_full(error):
+            raise
+        raise StageError(keras_failure(path, error)) from None
