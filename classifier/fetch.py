@@ -9,19 +9,20 @@ failed or interrupted download never leaves an output behind. Nothing is unpacke
 from __future__ import annotations
 
 import hashlib
-import http.client
 import ssl
 import sys
 import tarfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
 from tqdm import tqdm
+from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from classifier.errors import StageError
 from classifier.files import atomic_path
@@ -53,7 +54,11 @@ class Transient(Exception):
 
 def fetch(url: str, destination: Path, checksum: str | None, network: Network = Network()) -> None:
     """Write the file at `url` to `destination`, or raise StageError and leave it untouched."""
-    scheme = urllib.parse.urlparse(url).scheme
+    try:
+        parsed = urllib.parse.urlparse(url)
+    except ValueError as error:  # e.g. an unclosed [ in an IPv6 address
+        raise StageError(f"{url}: {error} (download.url)") from None
+    scheme = parsed.scheme
     if scheme not in ("http", "https", "file", ""):
         raise StageError(
             f"{url}: unsupported URL scheme '{scheme}' (download.url takes http, https, file or a local path)"
@@ -62,7 +67,7 @@ def fetch(url: str, destination: Path, checksum: str | None, network: Network = 
         if scheme in ("http", "https"):
             HttpDownload(url, tmp, network).run()
         else:
-            source = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path) if scheme == "file" else url)
+            source = Path(urllib.parse.unquote(parsed.path) if scheme == "file" else url)
             source = source.expanduser()
             if source.is_dir():
                 pack_directory(source, tmp, destination)
@@ -76,7 +81,7 @@ def fetch(url: str, destination: Path, checksum: str | None, network: Network = 
 
 
 # ---------------------------------------------------------------------------------------------
-# HTTP: timeouts, retries with backoff, and resuming with Range requests.
+# HTTP (requests): timeouts, retries with backoff, and resuming with Range requests.
 # ---------------------------------------------------------------------------------------------
 
 
@@ -85,51 +90,57 @@ class HttpDownload:
         self.url, self.tmp, self.network = url, tmp, network
         # ETag or Last-Modified of the first response: a resume must not splice two versions of the file.
         self.validator: str | None = None
+        self.session, adapter = requests.Session(), _Adapter(network.read_timeout)
+        for prefix in ("http://", "https://"):
+            self.session.mount(prefix, adapter)
 
     def run(self) -> None:
-        for attempt in range(self.network.retries + 1):
-            try:
-                self.attempt()
-                return
-            except Transient as problem:
-                if attempt == self.network.retries:
-                    gave_up = f"{self.url}: {problem} (gave up after {attempt + 1} attempts)"
-                    raise StageError(gave_up) from None
-                delay = self.network.retry_delay * 2**attempt
-                done = self.tmp.stat().st_size
-                resume = f", resuming at {done:,} bytes" if done else ""
-                print(f"download: {problem}; retrying in {delay:g} s{resume}", file=sys.stderr)
-                time.sleep(delay)
+        with self.session:
+            for attempt in range(self.network.retries + 1):
+                try:
+                    self.attempt()
+                    return
+                except Transient as problem:
+                    if attempt == self.network.retries:
+                        gave_up = f"{self.url}: {problem} (gave up after {attempt + 1} attempts)"
+                        raise StageError(gave_up) from None
+                    delay = self.network.retry_delay * 2**attempt
+                    done = self.tmp.stat().st_size
+                    resume = f", resuming at {done:,} bytes" if done else ""
+                    print(f"download: {problem}; retrying in {delay:g} s{resume}", file=sys.stderr)
+                    time.sleep(delay)
 
     def attempt(self) -> None:
         offset = self.tmp.stat().st_size
-        headers = {"User-Agent": USER_AGENT}
+        # identity: the file's own bytes, never a compressed transfer of them (requests would accept gzip)
+        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
         if offset:
             headers["Range"] = f"bytes={offset}-"
             if self.validator:
                 headers["If-Range"] = self.validator
-        request = urllib.request.Request(self.url, headers=headers)
-        try:
-            response = urllib.request.urlopen(request, timeout=self.network.connect_timeout)
-        except urllib.error.HTTPError as error:
-            if error.code == 416 and offset:  # "range not satisfiable": start again from zero
-                self.tmp.write_bytes(b"")
-                raise Transient("server refused to resume (HTTP 416)") from None
-            if error.code in TRANSIENT_HTTP:
-                raise Transient(f"HTTP {error.code} {error.reason}") from None
-            raise StageError(f"{self.url}: HTTP {error.code} {error.reason}") from None
-        except (OSError, http.client.HTTPException, ValueError) as error:
+        try:  # connect_timeout also covers the response headers; _Adapter gives the body read_timeout
+            timeout = self.network.connect_timeout
+            response = self.session.get(self.url, headers=headers, stream=True, timeout=timeout)
+        except (OSError, ValueError, urllib3.exceptions.HTTPError) as error:  # requests' errors are OSErrors
             raise self._classify(error, "connecting") from None
         with response:
-            _set_read_timeout(response, self.network.read_timeout)
+            status, reason = response.status_code, response.reason
+            if status == 416 and offset:  # "range not satisfiable": start again from zero
+                self.tmp.write_bytes(b"")
+                raise Transient("server refused to resume (HTTP 416)")
+            if status in TRANSIENT_HTTP:
+                raise Transient(f"HTTP {status} {reason}")
+            if not 200 <= status < 300:
+                raise StageError(f"{self.url}: HTTP {status} {reason}")
+            response.raw.enforce_content_length = False  # a short body is resumed below, not a read error
             total = self._prepare(response, offset)
             self._receive(response, total)
 
-    def _prepare(self, response: http.client.HTTPResponse, offset: int) -> int | None:
+    def _prepare(self, response: requests.Response, offset: int) -> int | None:
         """Decide between appending (206) and starting over (200); return the full size if known."""
         if self.validator is None:
             self.validator = response.headers.get("ETag") or response.headers.get("Last-Modified")
-        if response.status == 206:
+        if response.status_code == 206:
             span, _, total = response.headers.get("Content-Range", "").removeprefix("bytes ").partition("/")
             if span.partition("-")[0] == str(offset):  # Content-Range: bytes START-END/TOTAL
                 return int(total) if total.isdigit() else None
@@ -138,16 +149,16 @@ class HttpDownload:
         length = response.headers.get("Content-Length")
         return int(length) if length and length.isdigit() else None
 
-    def _receive(self, response: http.client.HTTPResponse, total: int | None) -> None:
+    def _receive(self, response: requests.Response, total: int | None) -> None:
         done = self.tmp.stat().st_size
         name = Path(urllib.parse.urlparse(self.url).path).name or "download"
         with open(self.tmp, "ab") as out, tqdm(
             total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024, desc=name
         ) as bar:
             while True:
-                try:
-                    chunk = response.read(CHUNK)
-                except (OSError, http.client.HTTPException) as error:
+                try:  # the bytes as sent: a .tar.gz labelled Content-Encoding: gzip must stay gzipped
+                    chunk = response.raw.read(CHUNK, decode_content=False)
+                except (OSError, urllib3.exceptions.HTTPError) as error:
                     raise self._classify(error, "reading") from None
                 if not chunk:
                     break
@@ -159,23 +170,65 @@ class HttpDownload:
                 self.tmp.write_bytes(b"")
             raise Transient(f"connection closed after {done:,} of {total:,} bytes")
 
-    def _classify(self, error: BaseException, doing: str) -> Exception:
-        reason = getattr(error, "reason", error)
-        if isinstance(error, ValueError) or isinstance(reason, ssl.SSLCertVerificationError):
-            return StageError(f"{self.url}: {_describe(reason)}")
-        if isinstance(reason, TimeoutError):
+    def _classify(self, error: Exception, doing: str) -> Exception:
+        cause = _innermost(error)
+        if isinstance(error, (ValueError, requests.TooManyRedirects)):  # a malformed URL or a redirect loop
+            return StageError(f"{self.url}: {_describe(error)}")
+        if isinstance(cause, ValueError):  # a certificate that fails to verify (ssl's error is a ValueError)
+            return StageError(f"{self.url}: {_describe(cause)}")
+        timeouts = (requests.Timeout, urllib3.exceptions.TimeoutError)  # the socket's, wrapped
+        if isinstance(error, timeouts) or isinstance(cause, TimeoutError):
             timeout = "connect_timeout" if doing == "connecting" else "read_timeout"
             seconds = getattr(self.network, timeout)
             waited = "no answer within" if doing == "connecting" else "no data for"
             return Transient(f"timed out {doing} ({waited} {seconds:g} s, download.{timeout})")
-        return Transient(f"failed {doing} ({_describe(reason)})")
+        return Transient(f"failed {doing} ({_describe(cause)})")
 
 
-def _set_read_timeout(response: http.client.HTTPResponse, seconds: float) -> None:
-    """urlopen's timeout covers connecting and the response headers; the body gets its own."""
-    sock = getattr(getattr(response.fp, "raw", None), "_sock", None)
-    if sock is not None:  # None once a body-less response is already closed
-        sock.settimeout(seconds)
+class _Connection(HTTPConnection):
+    """Waits the request's timeout for the response headers, then body_timeout for each read of the body."""
+
+    def __init__(self, *args: Any, body_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.body_timeout = body_timeout
+
+    def getresponse(self) -> urllib3.HTTPResponse:
+        sock = self.sock  # http.client drops it if the server closes the connection after this response
+        response = super().getresponse()
+        sock.settimeout(self.body_timeout)
+        return response
+
+
+class _HTTPSConnection(_Connection, HTTPSConnection):
+    pass
+
+
+class _Adapter(HTTPAdapter):
+    """Times the headers and the body apart (requests' read timeout covers both), and trusts the
+    system's CA store and SSL_CERT_FILE as urllib did, besides requests' own certifi bundle."""
+
+    def __init__(self, read_timeout: float) -> None:
+        super().__init__()
+        self.read_timeout, self.ssl_context = read_timeout, ssl.create_default_context()
+
+    def get_connection_with_tls_context(self, *args: Any, **kwargs: Any) -> urllib3.HTTPConnectionPool:
+        pool = super().get_connection_with_tls_context(*args, **kwargs)
+        https = pool.scheme == "https"
+        pool.ConnectionCls = _HTTPSConnection if https else _Connection
+        pool.conn_kw["body_timeout"] = self.read_timeout
+        if https:
+            pool.conn_kw["ssl_context"] = self.ssl_context
+        return pool
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """The socket's, ssl's or http.client's error inside requests' and urllib3's wrappers."""
+    while type(error).__module__.partition(".")[0] in ("requests", "urllib3"):
+        inner = error.__cause__ if error.__suppress_context__ else error.__context__  # as tracebacks show
+        if inner is None:
+            break
+        error = inner
+    return error
 
 
 def _describe(error: BaseException) -> str:
