@@ -9,7 +9,8 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: install repro test test-fast lock clean-venv
 
-install: $(VENV)/.installed
+# The venv, and the offline plots page's template that .dvc/config gives `dvc plots show` / `dvc plots diff`.
+install: $(VENV)/.installed plots_page/build/template.html
 
 $(VENV)/.installed: requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "error: Python 3.11 is required (PYTHON=$(PYTHON) is %d.%d); run e.g. make PYTHON=python3.11" % sys.version_info[:2])'
@@ -43,14 +44,16 @@ lock:
 clean-venv:
 	rm -rf $(VENV)
 
-# The plots page, offline: `dvc plots show` (or, with REVS="rev1 rev2 ...", `dvc plots diff REVS`) into
-# dvc_plots/index.html, with vega, vega-lite and vega-embed inlined from pinned npm packages instead of
-# loaded from a CDN. Run after `make repro`; needs npm the first time (it fetches the pinned packages).
+# The plots page, offline: `make install` builds plots_page/build/template.html, with vega, vega-lite and
+# vega-embed inlined from plots_page/vendor/ (checked against its SHA256SUMS; no npm, no network), and
+# .dvc/config's plots.html_template points plain `dvc plots show` / `dvc plots diff` at it.
+# `make plots` (REVS="rev1 rev2 ..." for `dvc plots diff REVS`) is a shortcut that (re)builds it first.
 PLOTS_TEMPLATE := plots_page/build/template.html
 .PHONY: plots
 
 plots: $(PLOTS_TEMPLATE)
-	dvc plots $(if $(REVS),diff $(REVS),show) --html-template $(PLOTS_TEMPLATE) --out dvc_plots
+	dvc plots $(if $(REVS),diff $(REVS),show)
 
-$(PLOTS_TEMPLATE): plots_page/template.html plots_page/build_template.py
-	python plots_page/build_template.py $@
+$(PLOTS_TEMPLATE): plots_page/template.html plots_page/build_template.py plots_page/vendor/SHA256SUMS \
+		$(wildcard plots_page/vendor/*.min.js)
+	$(PYTHON) plots_page/build_template.py $@

@@ -24,7 +24,8 @@ MINI_JPG = SHARED_DATA / "cifar10-jpg-mini.tar.gz"
 FULL_JPG = SHARED_DATA / "cifar10-jpg.tar.gz"
 CLASSES = ["airplane", "automobile", "bird"]
 # What a copied project needs to run; data, models and metrics are made by the pipeline itself.
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "classifier", ".dvcignore"]
+# plots_page/ (with vendor/, not build/) and .dvc/config: plain `dvc plots show` writes the offline page.
+PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "classifier", ".dvcignore", "plots_page"]
 
 
 def learnable_images(labels: np.ndarray, side: int = 32, seed: int = 0) -> np.ndarray:
@@ -194,13 +195,15 @@ def make_project(where: Path, archive: Path, overrides: dict[str, Any] | None = 
     for name in PROJECT_FILES:
         source = PROJECT / name
         if source.is_dir():
-            shutil.copytree(source, where / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(source, where / name, ignore=shutil.ignore_patterns("__pycache__", "build"))
         elif source.exists():
             shutil.copy2(source, where / name)
     set_params(where, {"download.url": str(archive), "download.checksum": sha256(archive), **TINY_PARAMS, **(overrides or {})})
     sh(where, "git", "init", "-q", "-b", "main")
     sh(where, "dvc", "init", "-q")
+    shutil.copy2(PROJECT / ".dvc" / "config", where / ".dvc" / "config")  # plots.html_template, as committed
     sh(where, "dvc", "config", "core.analytics", "false")
+    sh(where, sys.executable, "plots_page/build_template.py")  # what `make install` builds
     sh(where, "git", "add", "-A")
     sh(where, "git", "commit", "-qm", "project")
     return where
