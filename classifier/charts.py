@@ -28,10 +28,12 @@ BEST = {"loss": np.argmin, "accuracy": np.argmax}
 
 
 def save_figure(figure: plt.Figure, out: Path, dpi: int) -> None:
-    with atomic_path(out) as tmp:
-        # No "Software" stamp (matplotlib's version): the same picture always gives the same bytes.
-        figure.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
-    plt.close(figure)
+    try:
+        with atomic_path(out) as tmp:
+            # No "Software" stamp (matplotlib's version): the same picture always gives the same bytes.
+            figure.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
+    finally:
+        plt.close(figure)  # a full disk too: pyplot would keep the figure open
 
 
 # ---------------------------------------------------------------------------------------------

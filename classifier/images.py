@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import warnings
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -17,7 +18,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from classifier.errors import StageError
+from classifier.errors import StageError, disk_full_message, is_disk_full
+from classifier.files import DiskFull, free_bytes
 
 # HEIC (iPhone photos) is not readable, but counts as an image so that it is reported, not ignored.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif")
@@ -130,6 +132,20 @@ def _reason(error: Exception) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+# Ctrl-C and SIGTERM go to the whole process group, decoder processes too.
+INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
+SEMAPHORES = "/dev/shm"  # where Linux keeps the POSIX semaphores of multiprocessing's queues
+
+
+def _worker_signals() -> None:
+    """A decoder process leaves Ctrl-C to the main process, which stops it (ImageDecoder.__exit__); else each
+    worker would print a KeyboardInterrupt traceback of its own. SIGTERM just ends it (the SIGTERM handler
+    forked from the main process would raise and print one too)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS)  # blocked by _submit around the fork
+
+
 def _decode_chunk(
     files: list[tuple[str, bytes]], size: int, fit: str, max_pixels: int, skip_bad: bool
 ) -> tuple[np.ndarray, list[int], list[str]]:
@@ -181,9 +197,13 @@ class ImageDecoder:
     def __enter__(self) -> "ImageDecoder":
         return self
 
-    def __exit__(self, *exc_info) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+    def __exit__(self, exc_type, *exc_info) -> None:
+        if self.pool is None:
+            return
+        if exc_type is not None:  # interrupted, or a bad image: the chunks being decoded are not needed
+            for process in list((getattr(self.pool, "_processes", None) or {}).values()):
+                process.terminate()  # else shutdown() would wait for them (seconds for big photos)
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     def add(self, name: str, data: bytes) -> None:
         self.chunk.append((name, data))
@@ -208,11 +228,24 @@ class ImageDecoder:
             self._store([name for name, _ in chunk], _decode_chunk(chunk, *self.options))
             return
         if self.pool is None:
-            kind = ProcessPoolExecutor if self.parallel == "processes" else ThreadPoolExecutor
-            self.pool = kind(self.workers)
+            if self.parallel == "processes":
+                try:
+                    self.pool = ProcessPoolExecutor(self.workers, initializer=_worker_signals)
+                except OSError as error:  # its queues' semaphores are files in /dev/shm, a small tmpfs
+                    if not is_disk_full(error):
+                        raise
+                    raise DiskFull(disk_full_message(SEMAPHORES, None, free_bytes(SEMAPHORES))) from None
+            else:
+                self.pool = ThreadPoolExecutor(self.workers)
         while len(self.pending) >= 2 * self.workers:  # bounded memory: wait for the oldest chunk
             self._collect()
-        future = self.pool.submit(_decode_chunk, chunk, *self.options)
+        # The first submit forks the workers: a signal arriving before _worker_signals ran would give
+        # a traceback, so the workers start with these signals blocked (the main process gets them after).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
+        try:
+            future = self.pool.submit(_decode_chunk, chunk, *self.options)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.pending.append(([name for name, _ in chunk], future))
 
     def _collect(self) -> None:
