@@ -172,6 +172,15 @@ class Plot(Section):
     misclassified: integer(1, 400) = about("misclassified.png: the N most confidently misclassified images")
 
 
+class Export(Section):
+    """The export stage: the trained model as SavedModel, LiteRT (float32, int8) and ONNX (docs/export.md)."""
+
+    calibration_images: integer(1, 1_000_000) = about(
+        "training images (a sample drawn with seed) that calibrate the int8 model's value ranges"
+    )
+    latency_runs: integer(1, 100_000) = about("single-image predictions timed per format for latency.json")
+
+
 class Params(Section):
     """Every knob of the pipeline. Defaults reproduce the classic Keras MLP recipe on CIFAR-10."""
 
@@ -184,6 +193,7 @@ class Params(Section):
     train: Train = about(Train.__doc__)
     evaluate: Evaluate = about(Evaluate.__doc__)
     plot: Plot = about(Plot.__doc__)
+    export: Export = about(Export.__doc__)
 
 
 def json_schema_text() -> str:
