@@ -6,24 +6,59 @@ from typing import Any
 
 import numpy as np
 
-def early_stopping(patience: int | None) -> Any:
-    """Keras' EarlyStopping on validation accuracy (model selection on the validation split, never on the
-    test set), keeping the best epoch's weights; None when `patience` is None.
+def early_stopping_for(settings: dict[str, Any]) -> Any:
+    """The train stage's early stopping from its `train:` params; None when it neither stops nor keeps."""
+    return early_stopping(
+        settings["early_stopping"],
+        keep_best=settings["keep_best"],
+        start_epoch=first_counted_epoch(settings["early_stopping_from"], settings["epochs"]),
+        min_delta=settings["early_stopping_min_delta"],
+        smoothing=settings["early_stopping_smoothing"],
+    )
 
-    Its progress (best accuracy so far, that epoch's weights, epochs since) goes into every backup via
-    `state()`, and `resume_from()` puts it back, so a resumed run stops and selects as an uninterrupted one.
+
+def first_counted_epoch(fraction: float, epochs: int) -> int:
+    """`train.early_stopping_from` as a 0-based epoch: the first floor(fraction * epochs) epochs neither
+    stop the run nor count toward the patience (0.29 * 100 is 28.999...: the 1e-9 makes it 29)."""
+    return int(fraction * epochs + 1e-9)
+
+
+def early_stopping(
+    patience: int | None,
+    *,
+    keep_best: bool = False,
+    start_epoch: int = 0,
+    min_delta: float = 0.0,
+    smoothing: float = 0.0,
+) -> Any:
+    """Keras' EarlyStopping on validation accuracy (model selection on the validation split, never on the
+    test set), keeping the best epoch's weights; None when `patience` is None and not `keep_best`.
+
+    The best epoch is the one with the highest val_accuracy (the earliest on ties); its weights are put
+    back when training ends. Patience counts the epochs, from `start_epoch` on, without a better score,
+    where better = more than `min_delta` above the best score so far and the score is val_accuracy, or
+    with `smoothing` s > 0 its moving average ema = s * ema + (1 - s) * val_accuracy (from the first
+    epoch's value). `patience` None (with `keep_best`) never stops. With the defaults this is exactly
+    Keras' EarlyStopping(patience, restore_best_weights=True).
+
+    Its progress (best accuracy so far, that epoch's weights, epochs since, the average) goes into every
+    backup via `state()`, and `resume_from()` puts it back, so a resumed run stops and selects as an
+    uninterrupted one.
     """
-    if patience is None:
+    if patience is None and not keep_best:
         return None
     import keras
 
     class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         resumed: dict[str, np.ndarray] | None = None
+        ema: float | None = None  # the score: val_accuracy, or its moving average
+        reference: float | None = None  # the best score so far, what patience waits to see beaten
 
         def state(self) -> dict[str, np.ndarray]:
             progress = {"wait": np.array(self.wait), "best_epoch": np.array(self.best_epoch)}
-            if self.best is not None:
-                progress["best"] = np.array(self.best)
+            for name in ("best", "ema", "reference"):
+                if getattr(self, name) is not None:
+                    progress[name] = np.array(getattr(self, name))
             weights = {f"weights_{i:04d}": w for i, w in enumerate(self.best_weights or [])}
             return progress | weights
 
@@ -32,15 +67,35 @@ def early_stopping(patience: int | None) -> Any:
 
         def on_train_begin(self, logs: Any = None) -> None:
             super().on_train_begin(logs)  # resets the progress: restore it afterwards
+            self.ema = self.reference = None
             if self.resumed:
                 state = self.resumed
                 self.wait, self.best_epoch = int(state["wait"]), int(state["best_epoch"])
-                self.best = float(state["best"]) if "best" in state else None
+                self.best, self.ema, self.reference = (
+                    float(state[name]) if name in state else None for name in ("best", "ema", "reference")
+                )
                 weights = sorted(name for name in state if name.startswith("weights_"))
                 self.best_weights = [state[name] for name in weights] or None
 
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            value = self.get_monitor_value(logs)
+            if value is None:
+                return
+            value = float(value)
+            if self.best is None or value > self.best:
+                self.best, self.best_epoch, self.best_weights = value, epoch, self.model.get_weights()
+            smoothed = smoothing and self.ema is not None
+            self.ema = smoothing * self.ema + (1 - smoothing) * value if smoothed else value
+            if self.reference is None or self.ema - self.reference > min_delta:
+                self.reference, self.wait = self.ema, 0
+            elif epoch >= start_epoch:
+                self.wait += 1
+            if patience is not None and self.wait >= patience:
+                self.stopped_epoch = epoch
+                self.model.stop_training = True
+
     return ResumableEarlyStopping(
-        monitor="val_accuracy", mode="max", patience=patience, restore_best_weights=True, verbose=1
+        monitor="val_accuracy", mode="max", patience=patience or 0, restore_best_weights=True, verbose=1
     )
 
 

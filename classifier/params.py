@@ -161,3 +161,9 @@ def check_combinations(params: dict[str, Any]) -> None:
             f"{PARAMS_FILE}: train.warmup_epochs = {train['warmup_epochs']} must be less than "
             f"train.epochs = {train['epochs']}"
         )
+    for option in ("early_stopping_from", "early_stopping_min_delta", "early_stopping_smoothing"):
+        if train[option] > 0 and train["early_stopping"] is None:
+            raise StageError(
+                f"{PARAMS_FILE}: train.{option} = {train[option]!r} needs train.early_stopping: N (got null); "
+                f"set {option} to 0, or early_stopping to a patience"
+            )

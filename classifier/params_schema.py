@@ -37,6 +37,11 @@ def number(minimum: float, maximum: float, *, exclusive: bool = False) -> Any:
     return Annotated[float, Field(ge=minimum, le=maximum), Says(f"a number >= {minimum} and <= {maximum}")]
 
 
+def below_one() -> Any:
+    """A fraction that may be 0 but not 1."""
+    return Annotated[float, Field(ge=0.0, lt=1.0), Says("a number >= 0.0 and < 1.0")]
+
+
 def choice(*names: str) -> Any:
     accepted = f"'{names[0]}'" if len(names) == 1 else "one of " + ", ".join(names)
     return Annotated[Literal[names], Says(accepted, names)]
@@ -153,6 +158,20 @@ class Train(Section):
     early_stopping: either(NULL, EPOCHS) = about(
         "null = off; N = stop after N epochs without a better val_accuracy, and keep the weights of "
         "the best epoch (model selection on validation)"
+    )
+    early_stopping_from: below_one() = about(
+        "fraction of train.epochs before which early stopping neither stops the run nor counts epochs "
+        "toward its patience (0 = from the start; with cosine, e.g. 0.8 = once the rate has decayed)"
+    )
+    early_stopping_min_delta: number(0.0, 1.0) = about(
+        "an epoch counts as better only if it beats the best val_accuracy (or its average) by more than this"
+    )
+    early_stopping_smoothing: below_one() = about(
+        "0 = off; s: patience counts epochs without a better moving average of val_accuracy, "
+        "ema = s * ema + (1 - s) * val_accuracy"
+    )
+    keep_best: BOOLEAN = about(
+        "keep the best epoch's weights (by val_accuracy) without early stopping; early_stopping always does"
     )
     augment: Augment = about(Augment.__doc__)
 

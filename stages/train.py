@@ -26,7 +26,8 @@ from pathlib import Path
 from classifier import distribute
 from classifier.backup import DEFAULT_DIR, Backup, resume, run_key
 from classifier.batches import load_images
-from classifier.callbacks import callback_state, early_stopping, restore_callback_state
+from classifier.best_epoch import best_epoch
+from classifier.callbacks import callback_state, early_stopping_for, restore_callback_state
 from classifier.errors import run
 from classifier.files import write_json
 from classifier.fit import fit
@@ -67,7 +68,7 @@ def main() -> None:
     metrics_dir = args.metrics_dir if chief else None
     use_learning_rate_schedule(model, settings, len(train[1]), distribute.replicas(strategy))
     initial_epoch, state = resume(backup, strategy, model, metrics_dir)
-    stopper = early_stopping(settings["early_stopping"])
+    stopper = early_stopping_for(settings)
     restore_callback_state(model, stopper, state)
     # After DVCLive's callback has logged the epoch and early stopping has seen it, so that the backup
     # holds both.
@@ -82,6 +83,7 @@ def main() -> None:
             live.step = initial_epoch  # DVCLive's own resume would log the epoch after epoch 1 as step 0 again
             callbacks.insert(0, DVCLiveCallback(live=live))
             fit(model, train, validation, settings, seed, callbacks, verbose, strategy, initial_epoch)
+        write_json(metrics_dir / "best.json", {"best": best_epoch(metrics_dir)})  # of the whole run, resumed or not
         # Where this result came from, so that results from two machines are never mistaken for one.
         write_json(metrics_dir / "environment.json", {"environment": environment()})
         del train, validation  # saving needs memory of its own: free the images first (peak RSS);

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from classifier.backup import Backup
 from classifier.batches import load_images
-from classifier.callbacks import callback_state, early_stopping, restore_callback_state
+from classifier.callbacks import callback_state, early_stopping_for, restore_callback_state
 from classifier.fit import fit
 from classifier.model_files import load_model
 from classifier.runtime import configure_tensorflow
@@ -30,7 +30,7 @@ configure_tensorflow(seed=7, threads=1)
 model = load_model(data / "compiled.keras")
 train, validation = load_images(data / "train.npz"), load_images(data / "validation.npz")
 backup = Backup(Path(sys.argv[4]), "run")
-stopper = early_stopping(settings["early_stopping"])
+stopper = early_stopping_for(settings)
 initial_epoch = backup.latest()
 use_learning_rate_schedule(model, settings, len(train[1]))  # as the stage does: before loading a backup
 if initial_epoch:
@@ -53,6 +53,7 @@ print(json.dumps({
 SETTINGS = {
     "batch_size": 16, "epochs": 4, "threads": 1, "steps_per_execution": 2, "jit_compile": True,
     "distribution": "single", "lr_schedule": "cosine", "warmup_epochs": 1, "early_stopping": 3,
+    "early_stopping_from": 0.0, "early_stopping_min_delta": 0.0, "early_stopping_smoothing": 0.0, "keep_best": False,
     "augment": {"flip": True, "crop_padding": 2},
 }  # fmt: skip
 
@@ -111,4 +112,21 @@ def test_interrupted_run_resumes_exactly(recipe_data: Path, uninterrupted: dict,
     assert resumed["weights"] == uninterrupted["weights"]
     assert resumed["best_epoch"] == uninterrupted["best_epoch"]
     for name, values in uninterrupted["history"].items():
+        assert resumed["history"][name] == values[2:]
+
+
+STOPPING = {"epochs": 6, "early_stopping": 1, "early_stopping_from": 0.5, "early_stopping_min_delta": 0.01,
+            "early_stopping_smoothing": 0.5}  # fmt: skip
+
+
+def test_interrupted_run_with_the_stopping_options_resumes_exactly(recipe_data: Path, tmp_path: Path) -> None:
+    """Stopping considered from epoch 4 of 6 only, on a moving average that must rise by more than 0.01:
+    a run interrupted after 2 epochs stops at the same epoch with the same weights as one never interrupted."""
+    whole = fit_in_subprocess(recipe_data, tmp_path / "whole", **STOPPING)
+    fit_in_subprocess(recipe_data, tmp_path / "backup", stop_after=2, **STOPPING)
+    resumed = fit_in_subprocess(recipe_data, tmp_path / "backup", **STOPPING)
+    assert 4 <= len(whole["history"]["val_accuracy"]) < 6, "stopped early, but not before early_stopping_from"
+    assert resumed["weights"] == whole["weights"]
+    assert resumed["best_epoch"] == whole["best_epoch"]
+    for name, values in whole["history"].items():
         assert resumed["history"][name] == values[2:]

@@ -283,3 +283,21 @@ def test_importing_params_does_not_import_tensorflow() -> None:
     assert result.returncode == 0, result.stderr
     imported = {name.split(".")[0] for name in json.loads(result.stdout)}
     assert "pydantic" in imported and not imported & {"tensorflow", "keras", "dvclive"}
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [
+        ("early_stopping_from", 1.0, "train.early_stopping_from = 1.0 is not accepted; expected a number >= 0.0 and < 1.0"),
+        ("early_stopping_from", -0.1, "train.early_stopping_from = -0.1 is not accepted; expected a number >= 0.0 and < 1.0"),
+        ("early_stopping_min_delta", 2, "train.early_stopping_min_delta = 2 is not accepted; expected a number >= 0.0 and <= 1.0"),
+        ("early_stopping_smoothing", 1, "train.early_stopping_smoothing = 1 is not accepted; expected a number >= 0.0 and < 1.0"),
+        ("keep_best", "yes", "train.keep_best = 'yes' is not accepted; expected true or false"),
+    ],
+)
+def test_early_stopping_options_name_their_range(tmp_path: Path, key: str, value: Any, expected: str) -> None:
+    assert error_for(tmp_path, lambda p: p["train"].update({key: value})) == f"params.yaml: {expected}"
+    combined = {"early_stopping": 10, "early_stopping_from": 0.8, "early_stopping_min_delta": 0.002,
+                "early_stopping_smoothing": 0.5, "keep_best": True}  # fmt: skip
+    write_params(tmp_path, lambda p: p["train"].update(combined))
+    assert load_params()["train"]["early_stopping_from"] == 0.8, "every option at once, with a patience"
