@@ -19,7 +19,7 @@ from classifier.splits import load_split
 
 pytestmark = pytest.mark.e2e
 
-STAGES = ["download", "preprocess", "build_and_compile", "train", "evaluate", "plot"]
+STAGES = ["download", "preprocess", "build_and_compile", "train", "evaluate", "plot", "export"]
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_editing_chart_code_flags_plot_alone(built: Path) -> None:
 
 def test_editing_model_saving_code_never_flags_the_data_stages(built: Path) -> None:
     flagged = flagged_after_editing(built, "classifier/model_files.py")
-    assert flagged == {"build_and_compile", "train", "evaluate"}
+    assert flagged == {"build_and_compile", "train", "evaluate", "export"}
     assert not flagged & {"download", "preprocess"}
 
 
