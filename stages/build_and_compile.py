@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from classifier.errors import run
 from classifier.files import read_json, write_text
@@ -15,6 +16,14 @@ from classifier.model import build_model, compile_model, summarize
 from classifier.model_files import save_model
 from classifier.params import load_params
 from classifier.runtime import configure_tensorflow
+
+# Which model.* params go to building the network, and which to compiling it.
+ARCHITECTURE = ("hidden_units", "activation", "normalization", "dropout", "residual")
+TRAINING = ("optimizer", "learning_rate", "loss", "weight_decay", "label_smoothing")
+
+
+def pick(settings: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {key: settings[key] for key in keys}
 
 
 def main() -> None:
@@ -27,24 +36,9 @@ def main() -> None:
     settings = params["model"]
 
     configure_tensorflow(seed=params["seed"])
-    model = build_model(
-        image_size=params["preprocess"]["image_size"],
-        num_classes=len(read_json(args.classes)),
-        hidden_units=settings["hidden_units"],
-        activation=settings["activation"],
-        normalization=settings["normalization"],
-        dropout=settings["dropout"],
-        residual=settings["residual"],
-        seed=params["seed"],
-    )
-    compile_model(
-        model,
-        settings["optimizer"],
-        settings["learning_rate"],
-        settings["loss"],
-        weight_decay=settings["weight_decay"],
-        label_smoothing=settings["label_smoothing"],
-    )
+    image_size, num_classes = params["preprocess"]["image_size"], len(read_json(args.classes))
+    model = build_model(image_size, num_classes, **pick(settings, ARCHITECTURE), seed=params["seed"])
+    compile_model(model, **pick(settings, TRAINING))
     save_model(model, args.model)
     write_text(args.summary, summarize(model))
     print(summarize(model), end="")

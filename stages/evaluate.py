@@ -1,6 +1,6 @@
 """Stage 5: score the trained model on the test set; numbers only (the plot stage draws them).
 
-- metrics.json: loss, accuracy and top-k accuracy (DVC metrics);
+- metrics.json: loss, accuracy and top-k accuracy (DVC scores);
 - per_class.json: precision, recall and F1 of each class, in a file of its own so that
   `dvc metrics show metrics/evaluate/metrics.json` stays short;
 - confusion.csv: one row per test image (actual, predicted, confidence), for DVC's `confusion` plot
@@ -13,15 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from classifier import metrics
 from classifier.errors import StageError, run
 from classifier.files import read_json, write_json, write_text
-from classifier.metrics import (
-    compute_metrics,
-    confusion_matrix,
-    confusion_rows,
-    per_class_scores,
-    predict_probabilities,
-)
 from classifier.model_files import load_model
 from classifier.params import load_params
 from classifier.runtime import configure_tensorflow
@@ -42,16 +36,16 @@ def main() -> None:
     if top_k > len(classes):
         raise StageError(f"params.yaml: evaluate.top_k = {top_k} is more than the {len(classes)} classes")
     configure_tensorflow(threads=params["train"]["threads"])
-    probabilities = predict_probabilities(load_model(args.model), images)
+    probabilities = metrics.predict_probabilities(load_model(args.model), images)
 
-    metrics = compute_metrics(probabilities, labels, top_k)
-    write_json(args.out_dir / "metrics.json", metrics)
-    matrix = confusion_matrix(labels, probabilities.argmax(axis=1), len(classes))
-    write_json(args.out_dir / "per_class.json", {"per_class": per_class_scores(matrix, classes)})
-    write_text(args.out_dir / "confusion.csv", confusion_rows(labels, probabilities, classes))
+    scores = metrics.compute_metrics(probabilities, labels, top_k)
+    write_json(args.out_dir / "metrics.json", scores)
+    matrix = metrics.confusion_matrix(labels, probabilities.argmax(axis=1), len(classes))
+    write_json(args.out_dir / "per_class.json", {"per_class": metrics.per_class_scores(matrix, classes)})
+    write_text(args.out_dir / "confusion.csv", metrics.confusion_rows(labels, probabilities, classes))
     print(
-        f"evaluate: test loss {metrics['loss']:.4f}, accuracy {metrics['accuracy']:.4f}, "
-        f"top-{top_k} accuracy {metrics[f'top_{top_k}_accuracy']:.4f}"
+        f"evaluate: test loss {scores['loss']:.4f}, accuracy {scores['accuracy']:.4f}, "
+        f"top-{top_k} accuracy {scores[f'top_{top_k}_accuracy']:.4f}"
     )
 
 

@@ -12,15 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from classifier.charts import (
-    count_matrix,
-    plot_confusion,
-    plot_history,
-    plot_misclassified,
-    plot_per_class_accuracy,
-    read_history,
-    read_predictions,
-)
+from classifier import charts
 from classifier.errors import StageError, run
 from classifier.files import read_json
 from classifier.params import load_params
@@ -38,18 +30,18 @@ def main() -> None:
     size, dpi = (settings["width"], settings["height"]), settings["dpi"]
 
     for metric in ("loss", "accuracy"):
-        history = read_history(args.metrics_dir, metric)
-        plot_history(history, metric, args.out_dir / f"{metric}.png", size, dpi)
+        history = charts.read_history(args.metrics_dir, metric)
+        charts.plot_history(history, metric, args.out_dir / f"{metric}.png", size, dpi)
     classes = read_json(args.data_dir / "classes.json")
-    actual, predicted, confidence = read_predictions(args.confusion, classes)
-    matrix = count_matrix(actual, predicted, len(classes))
-    plot_per_class_accuracy(matrix, classes, args.out_dir / "per_class_accuracy.png", size, dpi)
-    plot_confusion(matrix, classes, args.out_dir / "confusion.png", size, dpi)
+    actual, predicted, confidence = charts.read_predictions(args.confusion, classes)
+    matrix = charts.count_matrix(actual, predicted, len(classes))
+    charts.plot_per_class_accuracy(matrix, classes, args.out_dir / "per_class_accuracy.png", size, dpi)
+    charts.plot_confusion(matrix, classes, args.out_dir / "confusion.png", size, dpi)
     images, _ = load_split(args.data_dir / "test.npz")
     if len(images) != len(actual):
         raise StageError(f"{args.confusion}: {len(actual)} rows for {len(images)} test images; rerun evaluate")
     count, out = settings["misclassified"], args.out_dir / "misclassified.png"
-    shown = plot_misclassified(images, actual, predicted, confidence, classes, count, out, dpi)
+    shown = charts.plot_misclassified(images, actual, predicted, confidence, classes, count, out, dpi)
     print(f"plot: wrote loss, accuracy, per-class accuracy, confusion and {shown} misclassified images to {args.out_dir}")
 
 

@@ -57,6 +57,15 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def build_tiny_model(hidden_units: list[int], **options: Any) -> Any:
+    """An MLP on 8 x 8 images of 3 classes, compiled with adam (seed TensorFlow first)."""
+    from classifier.model import build_model, compile_model
+
+    model = build_model(8, 3, hidden_units, "relu", **options)
+    compile_model(model, "adam", 0.001, "categorical_crossentropy")
+    return model
+
+
 def cifar_binary_bytes(images: np.ndarray, labels: np.ndarray) -> bytes:
     """Records of 1 label byte + R, G, B planes: the official CIFAR-10 binary layout."""
     planes = images.transpose(0, 3, 1, 2).reshape(len(labels), -1)
@@ -121,6 +130,22 @@ def folder_files(classes=CLASSES, train: int = 4, test: int = 2, root: str = "ph
             for i, image in enumerate(learnable_images(np.full(count, label), seed=label)):
                 files[f"{root}/{split}/{cls}/{i}.png"] = encode(Image.fromarray(image), "PNG")
     return files
+
+
+# Traps for model files that ask for code: each leaves MARKER behind if any of it runs.
+MARKER = "code-ran.marker"
+EVIL = f"""from pathlib import Path
+Path({MARKER!r}).touch()
+
+def payload(x):
+    Path({MARKER!r}).touch()
+    return x
+
+class EvilLayer:
+    pass
+"""
+# Runs when Keras rebuilds the model (it calls each layer on a symbolic input): proof that code ran.
+RUNS_CODE = lambda x: (__import__("pathlib").Path("code-ran.marker").touch(), x)[1]  # noqa: E731
 
 
 def sha256(path: Path) -> str:

@@ -19,20 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from conftest import CLASSES, PROJECT, tool_env, write_tiny_splits
+from conftest import CLASSES, EVIL, MARKER, PROJECT, RUNS_CODE, tool_env, write_tiny_splits
 from PIL import Image
 
-MARKER = "code-ran.marker"
-EVIL = f"""from pathlib import Path
-Path({MARKER!r}).touch()
-
-def payload(x):
-    Path({MARKER!r}).touch()
-    return x
-"""
-# Runs when Keras rebuilds the model (it calls each layer on a symbolic input).
-RUNS_CODE = lambda x: (__import__("pathlib").Path("code-ran.marker").touch(), x)[1]  # noqa: E731
 
 BAD = {  # file -> words its error line must hold
     "missing.keras": "model file not found",

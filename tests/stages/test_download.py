@@ -15,10 +15,7 @@ from local_http import FileServer, file_server
 from conftest import PROJECT
 
 PAYLOAD = os.urandom(300_000)
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+PAYLOAD_CHECKSUM = "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +38,7 @@ def test_stage_resumes_a_dropped_download_end_to_end(server: FileServer, tmp_pat
     """`python -m stages.download` with retries from params: the drop is retried and the output is whole."""
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     params["download"].update(
-        url=f"{server.url}/drop-once/stage.tar.gz", checksum=sha256(PAYLOAD),
+        url=f"{server.url}/drop-once/stage.tar.gz", checksum=PAYLOAD_CHECKSUM,
         connect_timeout=1, read_timeout=1, retries=2, retry_delay=0.01,
     )  # fmt: skip
     server.files["stage.tar.gz"] = PAYLOAD
@@ -58,7 +55,7 @@ def test_stage_resumes_a_dropped_download_end_to_end(server: FileServer, tmp_pat
 def test_stage_prints_the_retry_lines_and_nothing_from_the_http_library(server: FileServer, tmp_path: Path):
     server.files["busy.tar.gz"] = PAYLOAD
     url = f"{server.url}/busy-once/busy.tar.gz"
-    result = run_stage(tmp_path, url=url, checksum=sha256(PAYLOAD), retries=2, retry_delay=0.01)
+    result = run_stage(tmp_path, url=url, checksum=PAYLOAD_CHECKSUM, retries=2, retry_delay=0.01)
     assert result.returncode == 0, result.stderr
     assert "download: HTTP 503 Service Unavailable; retrying in 0.01 s\n" in result.stderr
     assert "warning" not in result.stderr.lower() and "urllib3" not in result.stderr

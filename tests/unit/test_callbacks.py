@@ -8,19 +8,12 @@ import numpy as np
 import pytest
 
 from classifier.runtime import configure_tensorflow
+from conftest import build_tiny_model as build
 
 
 @pytest.fixture(scope="module", autouse=True)
 def seeded() -> None:
     configure_tensorflow(seed=3)
-
-
-def build(hidden_units: list[int], **options):
-    from classifier.model import build_model, compile_model
-
-    model = build_model(8, 3, hidden_units, "relu", **options)
-    compile_model(model, "adam", 0.001, "categorical_crossentropy")
-    return model
 
 
 def feed(stopper, model, accuracies: dict[int, float]) -> None:

@@ -12,6 +12,7 @@ from conftest import PROJECT
 from classifier.model import build_model, compile_model
 from classifier.model_files import load_model, save_model
 from classifier.runtime import configure_tensorflow
+from conftest import build_tiny_model as build
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +62,6 @@ def test_saved_model_loads_back_compiled(recipe_model, tmp_path: Path) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def seeded() -> None:
     configure_tensorflow(seed=3)
-
-
-def build(hidden_units: list[int], **options):
-    from classifier.model import build_model, compile_model
-
-    model = build_model(8, 3, hidden_units, "relu", **options)
-    compile_model(model, "adam", 0.001, "categorical_crossentropy")
-    return model
 
 
 def layer_types(model) -> list[str]:

@@ -18,21 +18,9 @@ import numpy as np
 import pytest
 
 from classifier.errors import StageError
+from conftest import EVIL, MARKER, RUNS_CODE
 from classifier.model_files import _keras_load, load_model, save_model
 
-MARKER = "code-ran.marker"
-EVIL = f"""from pathlib import Path
-Path({MARKER!r}).touch()
-
-def payload(x):
-    Path({MARKER!r}).touch()
-    return x
-
-class EvilLayer:
-    pass
-"""
-# Runs when Keras rebuilds the model (it calls each layer on a symbolic input): proof that code ran.
-RUNS_CODE = lambda x: (__import__("pathlib").Path("code-ran.marker").touch(), x)[1]  # noqa: E731
 EVIL_FUNCTION = {"module": "evil", "class_name": "function", "config": "payload", "registered_name": "payload"}
 
 
