@@ -197,7 +197,6 @@ class Export(Section):
     calibration_images: integer(1, 1_000_000) = about(
         "training images (a sample drawn with seed) that calibrate the int8 model's value ranges"
     )
-    latency_runs: integer(1, 100_000) = about("single-image predictions timed per format for latency.json")
 
 
 class Params(Section):

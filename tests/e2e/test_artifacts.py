@@ -20,9 +20,7 @@ def published(tmp_path_factory: pytest.TempPathFactory, binary_archive: Path) ->
     """A bare git repo and a local DVC remote, and clone A that ran `dvc repro` and pushed both."""
     root = tmp_path_factory.mktemp("registry")
     sh(root, "git", "init", "-q", "--bare", "-b", "main", "origin.git")
-    repo = make_project(
-        root / "a", binary_archive, {"export.latency_runs": 5, "export.calibration_images": 64}
-    )
+    repo = make_project(root / "a", binary_archive, {"export.calibration_images": 64})
     # `dvc artifacts get` reads the data through the default remote of the repo's committed .dvc/config.
     sh(repo, "dvc", "remote", "add", "-d", "storage", str(root / "dvc-storage"))
     sh(repo, "git", "remote", "add", "origin", str(root / "origin.git"))

@@ -48,7 +48,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("export_stage")
     (root / "params.yaml").write_text((PROJECT / "params.yaml").read_text())
-    set_params(root, {"export.calibration_images": 64, "export.latency_runs": 10})
+    set_params(root, {"export.calibration_images": 64})
     labels = np.arange(240) % 3
     images = learnable_images(labels, seed=21)
     save_split(root / "data/prepared/train.npz", images[:180], labels[:180])
@@ -86,7 +86,7 @@ def test_the_stage_writes_every_format_and_labels(workspace: Path) -> None:
     assert re.search(r"export: litert_int8 +accuracy 1\.0000, agreement 1\.0000", stdout), stdout
 
 
-def test_metrics_hold_parity_and_size_per_format_and_latency_apart(workspace: Path) -> None:
+def test_metrics_hold_parity_and_size_per_format_and_the_log_the_latency(workspace: Path) -> None:
     metrics = json.loads((workspace / "metrics/export/metrics.json").read_text())
     assert sorted(metrics) == FORMATS
     for name in FORMATS:
@@ -105,9 +105,11 @@ def test_metrics_hold_parity_and_size_per_format_and_latency_apart(workspace: Pa
     assert (
         metrics["litert_int8"]["size_bytes"] == (workspace / "models/export/model_int8.tflite").stat().st_size
     )
-    latency = json.loads((workspace / "metrics/export/latency.json").read_text())
-    assert latency["threads"] == 2 and sorted(latency["one_image"]) == FORMATS
-    assert all(0 < entry["median_ms"] < 1000 for entry in latency["one_image"].values())
+    assert sorted(p.name for p in (workspace / "metrics/export").iterdir()) == ["metrics.json"]
+    # Timings vary run to run: printed, never in an output (dvc.lock would differ between identical runs).
+    stdout = (workspace / "stdout.txt").read_text()
+    timed = re.findall(r"^export: (\w+) .* ([\d.]+) ms per image \(median of 200\)$", stdout, re.MULTILINE)
+    assert sorted(name for name, _ in timed) == FORMATS and all(0 < float(ms) < 1000 for _, ms in timed)
 
 
 def test_a_second_run_writes_the_same_bytes(workspace: Path) -> None:
@@ -152,11 +154,11 @@ def test_a_float_format_that_disagrees_fails_with_one_line(workspace: Path) -> N
 
 def test_a_bad_export_param_fails_before_any_work(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text((PROJECT / "params.yaml").read_text())
-    set_params(tmp_path, {"export.latency_runs": 0})
+    set_params(tmp_path, {"export.calibration_images": 0})
     result = run_stage(tmp_path, "models/export", "metrics/export")
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "error: params.yaml: export.latency_runs = 0 is not accepted; expected an integer from 1 to 100000"
+        "error: params.yaml: export.calibration_images = 0 is not accepted; expected an integer from 1 to 1000000"
     )
 
 

@@ -5,6 +5,7 @@ bad files are one-line errors."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +154,20 @@ def test_float_agreement_below_99_9_percent_is_one_line() -> None:
     )
 
 
+def test_latency_is_measured_on_demand_for_any_model(tiny: dict, tmp_path: Path, monkeypatch, capsys) -> None:
+    from classifier import parity
+
+    models = [str(tiny["root"] / "model.keras"), *map(str, tiny["paths"].values())]
+    out = tmp_path / "latency.json"
+    # No --threads: TensorFlow's thread pools are set once per process, and this one has run already.
+    monkeypatch.setattr("sys.argv", ["parity", *models, "--runs", "3", "--json", str(out)])
+    parity.main()
+    timings = json.loads(out.read_text())
+    assert timings["runs"] == 3 and timings["threads"] is None and sorted(timings["one_image"]) == sorted(models)
+    assert all(0 < entry["median_ms"] < 1000 for entry in timings["one_image"].values())
+    assert "model_int8.tflite: " in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "path, expected",
     [
@@ -199,19 +214,20 @@ DEFAULTS = yaml.safe_load((PROJECT / "params.yaml").read_text())
         ),
         (lambda e: e.update(calibration_images="500"), "export.calibration_images = '500' is not accepted"),
         (
-            lambda e: e.update(latency_runs=2.5),
-            "export.latency_runs = 2.5 is not accepted; expected an integer",
+            lambda e: e.update(calibration_images=2.5),
+            "export.calibration_images = 2.5 is not accepted; expected an integer",
         ),
         (
             lambda e: e.update(calibration=e.pop("calibration_images")),
             "unknown key 'export.calibration'; did you mean 'export.calibration_images'?",
         ),
         (
-            lambda e: e.pop("latency_runs"),
-            "missing key 'export.latency_runs' (expected an integer from 1 to 100000)",
+            lambda e: e.pop("calibration_images"),
+            "missing key 'export.calibration_images' (expected an integer from 1 to 1000000)",
         ),
+        (lambda e: e.update(latency_runs=200), "unknown key 'export.latency_runs' (accepted keys here:"),
     ],
-    ids=["zero", "quoted", "float", "typo", "missing"],
+    ids=["zero", "quoted", "float", "typo", "missing", "unknown"],
 )
 def test_bad_export_params_are_one_line_errors(tmp_path: Path, monkeypatch, change, expected: str) -> None:
     params = copy.deepcopy(DEFAULTS)
