@@ -68,3 +68,9 @@ def test_no_stage_but_plot_imports_the_charts_and_no_data_stage_the_model_files(
     assert not {"download", "preprocess"} & {n for n in STAGES if Path("classifier/model_files.py") in users[n]}
     no_tensorflow = [n for n in STAGES if not any("runtime.py" in str(p) for p in users[n])]
     assert no_tensorflow == ["download", "preprocess", "plot"]
+
+
+def test_test_files_have_unique_names() -> None:
+    # pytest imports test modules by file name: two test_x.py in different folders collide.
+    names = [path.name for path in (PROJECT / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
