@@ -5,7 +5,8 @@
 Folders are searched recursively for image files (.jpg, .png, ...); files named on the command line
 are always tried. Each image is fitted exactly as preprocess fits the training images (centre crop,
 resize to the model's input size, RGB). Class names are read from classes.json (`--classes`; by
-default preprocess's data/prepared/classes.json). Needs Keras, not DVC.
+default preprocess's data/prepared/classes.json). `--model` takes a .keras file, or any format the export
+stage writes (models/export/: a SavedModel folder, a LiteRT .tflite, an ONNX file). Needs no DVC.
 
 An unreadable or non-image file gets one error line on stderr and the others are still classified;
 the exit code is 1 if any file failed, else 0.
@@ -24,7 +25,7 @@ import numpy as np
 
 from classifier.errors import StageError, run
 from classifier.files import read_json
-from classifier.model_files import load_model
+from classifier.exported import load_predictor
 from classifier.runtime import configure_tensorflow
 from classifier.images import decode_image, is_image_name
 
@@ -130,7 +131,10 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=3, help="how many classes to show per image (default 3)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
-        "--model", type=Path, default=DEFAULT_MODEL, help=f"trained model (default {DEFAULT_MODEL})"
+        "--model",
+        type=Path,
+        default=DEFAULT_MODEL,
+        help=f"a .keras file, SavedModel folder, .tflite or .onnx file (default {DEFAULT_MODEL})",
     )
     parser.add_argument(
         "--classes", type=Path, default=DEFAULT_CLASSES, help=f"class names (default {DEFAULT_CLASSES})"
@@ -140,7 +144,7 @@ def main() -> None:
         parser.error(f"--top-k must be at least 1, got {args.top_k}")
 
     configure_tensorflow()
-    model = load_model(args.model)
+    model = load_predictor(args.model)
     classes = read_classes(args.classes, model.output_shape[-1])
     k = min(args.top_k, len(classes))
     files = list(find_images(args.paths))

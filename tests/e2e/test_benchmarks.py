@@ -14,7 +14,7 @@ import pytest
 
 from conftest import PROJECT, make_cifar_binary_archive, make_image_folder, tool_env
 
-STAGES = ["download", "preprocess", "build_and_compile", "train", "evaluate", "plot"]
+STAGES = ["download", "preprocess", "build_and_compile", "train", "evaluate", "plot", "export"]
 
 
 def run_script(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -16,24 +16,26 @@ from dvc.repo import Repo
 
 pytestmark = pytest.mark.e2e
 
-ALL = {"download", "preprocess", "build_and_compile", "train", "evaluate", "plot"}
+ALL = {"download", "preprocess", "build_and_compile", "train", "evaluate", "plot", "export"}
 # Changing any key of a group makes `dvc repro` rerun at most these stages (the README table).
 RERUNS = {
     "download": ALL,
     "seed": ALL - {"download"},
     "preprocess": ALL - {"download"},
-    "model": {"build_and_compile", "train", "evaluate", "plot"},
-    "train": {"train", "evaluate", "plot"},
+    "model": {"build_and_compile", "train", "evaluate", "plot", "export"},
+    "train": {"train", "evaluate", "plot", "export"},
     "evaluate": {"evaluate", "plot"},
     "plot": {"plot"},
+    "export": {"export"},
 }
 # The stages whose own params change (what `dvc status` reports); by default the group's first stage.
 FIRST_STAGE = {"download": "download", "seed": "preprocess", "preprocess": "preprocess",
-               "model": "build_and_compile", "train": "train", "evaluate": "evaluate", "plot": "plot"}
+               "model": "build_and_compile", "train": "train", "evaluate": "evaluate", "plot": "plot",
+               "export": "export"}
 DIRECT = {
-    "seed": {"preprocess", "build_and_compile", "train"},
+    "seed": {"preprocess", "build_and_compile", "train", "export"},
     "preprocess.image_size": {"preprocess", "build_and_compile"},
-    "train.threads": {"train", "evaluate"},
+    "train.threads": {"train", "evaluate", "export"},
 }
 
 

@@ -244,3 +244,27 @@ def test_classify_keeps_file_order_across_chunks(model, good, bad, monkeypatch):
     assert [r.error is not None for r in results] == [f in bad for f in files]
     for result, expected in zip([r for r in results if not r.error], expected_top(model, good)):
         assert [name for name, _ in result.top] == [name for name, _ in expected]
+
+
+@pytest.fixture(scope="module")
+def exported(project) -> dict[str, Path]:
+    """The project's model in every export format, as `dvc repro export` writes them."""
+    from classifier.export import export_all
+    from classifier.model_files import load_model
+
+    model = load_model(project / "models" / "model.keras")
+    calibration = np.random.default_rng(0).integers(0, 256, size=(20, 32, 32, 3), dtype=np.uint8)
+    return export_all(model, CIFAR10, calibration, project / "models" / "export")
+
+
+@pytest.mark.parametrize("name", ["saved_model", "litert_float32", "litert_int8", "onnx"])
+def test_predict_takes_every_exported_format(project, exported, good, model, name):
+    result = run_predict(project, *map(str, good[:4]), "--json", "--model", str(exported[name]))
+    assert result.returncode == 0, result.stderr
+    answers = json.loads(result.stdout)
+    assert [a["path"] for a in answers] == [str(p) for p in good[:4]]
+    for answer, expected in zip(answers, expected_top(model, good[:4])):
+        if name == "litert_int8":  # probabilities in steps of 1/256: near-ties may swap places
+            assert abs(answer["top"][0]["probability"] - expected[0][1]) < 0.05
+        else:
+            assert_same_top(answer["top"], expected)
