@@ -23,16 +23,14 @@ import contextlib
 import hashlib
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from classifier import litert
-from classifier.errors import StageError, is_disk_full
-from classifier.files import DiskFull, atomic_path, disk_full_message, free_bytes, fsync_path, write_text
+from classifier.files import atomic_folder, atomic_path, write_text
 
 SAVED_MODEL = "saved_model"
 FLOAT32_TFLITE = "model_float32.tflite"
@@ -71,40 +69,6 @@ def export_all(
 
 def labels_text(classes: list[str]) -> str:
     return "".join(f"{name}\n" for name in classes)
-
-
-@contextlib.contextmanager
-def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty temporary folder beside `path`; if the block succeeds, flush every file in it and put
-    it in place of `path` by renames (the old folder, if any, is deleted after). Removed on any failure."""
-    path = Path(path)
-    tmp: Path | None = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700 folders; outputs get the usual permissions
-        yield tmp
-        for item in sorted(tmp.rglob("*"), reverse=True):  # files before the folders that hold them
-            fsync_path(item)
-        fsync_path(tmp)
-        old = None
-        if path.exists() or path.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-        os.replace(tmp, path)
-        tmp = None
-        fsync_path(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except Exception as error:
-        if isinstance(error, StageError) or not is_disk_full(error):
-            raise
-        raise DiskFull(disk_full_message(path, None, free_bytes(path.parent))) from None
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_saved_model(

@@ -45,6 +45,12 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def raise_disk_full(error: Exception, path: Path, size: int | None = None) -> None:
+    """Raise DiskFull naming `path` in place of a 'no space left' error; return for any other error."""
+    if not isinstance(error, StageError) and is_disk_full(error):
+        raise DiskFull(disk_full_message(path, size, free_bytes(path.parent))) from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, size: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; flush it and rename it over `path` only if the block succeeds.
@@ -69,12 +75,44 @@ def atomic_path(path: str | os.PathLike, size: int | None = None) -> Iterator[Pa
         os.replace(tmp, path)
         fsync_path(path.parent)
     except Exception as error:
-        if isinstance(error, StageError) or not is_disk_full(error):
-            raise
-        raise DiskFull(disk_full_message(path, size, free_bytes(path.parent))) from None
+        raise_disk_full(error, path, size)
+        raise
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `path`; if the block succeeds, flush every file in it and put
+    it in place of `path` by renames (the old folder, if any, is deleted after). Removed on any failure."""
+    path = Path(path)
+    tmp: Path | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700 folders; outputs get the usual permissions
+        yield tmp
+        for item in sorted(tmp.rglob("*"), reverse=True):  # files before the folders that hold them
+            fsync_path(item)
+        fsync_path(tmp)
+        old = None
+        if path.exists() or path.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        tmp = None
+        fsync_path(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except Exception as error:
+        raise_disk_full(error, path)
+        raise
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text(path: str | os.PathLike, content: str) -> None:

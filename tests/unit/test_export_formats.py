@@ -15,7 +15,8 @@ from conftest import PROJECT, learnable_images
 
 from classifier import litert
 from classifier.errors import StageError
-from classifier.export import LABELS, atomic_folder, export_all
+from classifier.export import LABELS, export_all
+from classifier.files import atomic_folder
 from classifier.exported import load_predictor
 from classifier.params import load_params
 from classifier.parity import check_float_agreement, parity
