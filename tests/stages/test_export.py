@@ -54,7 +54,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_split(root / "data/prepared/train.npz", images[:180], labels[:180])
     save_split(root / "data/prepared/test.npz", images[180:], labels[180:])
     write_json(root / "data/prepared/classes.json", ["airplane", "automobile", "bird"])
-    configure_tensorflow(seed=3, threads=2)
+    configure_tensorflow(seed=3)  # no threads: TensorFlow may already run in this test process
     model = build_model(32, 3, [16], "relu")
     compile_model(model, "adam", 0.001, "categorical_crossentropy")
     model.fit(images[:180], keras.utils.to_categorical(labels[:180], 3), epochs=3, batch_size=30, verbose=0)
