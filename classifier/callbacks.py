@@ -131,17 +131,19 @@ def random_streams(model: Any) -> list[Any]:
     return [v for v in model.variables if v.path.endswith("seed_generator_state")]
 
 
-def callback_state(model: Any, stopper: Any) -> dict[str, np.ndarray]:
+def callback_state(model: Any, stopper: Any, timer: Any = None) -> dict[str, np.ndarray]:
     """What a backup needs beyond the weights and optimizer (which Keras' save_weights writes): where each
-    dropout layer's random stream is, and early stopping's progress."""
+    dropout layer's random stream is, early stopping's progress and the epochs' times so far."""
     state = {f"random_stream_{i:03d}": np.asarray(v) for i, v in enumerate(random_streams(model))}
-    return state | (stopper.state() if stopper else {})
+    return state | (stopper.state() if stopper else {}) | (timer.state() if timer else {})
 
 
-def restore_callback_state(model: Any, stopper: Any, state: dict[str, np.ndarray]) -> None:
+def restore_callback_state(model: Any, stopper: Any, state: dict[str, np.ndarray], timer: Any = None) -> None:
     """Put back what callback_state() saved."""
     for i, variable in enumerate(random_streams(model)):
         if f"random_stream_{i:03d}" in state:
             variable.assign(state[f"random_stream_{i:03d}"])
     if stopper:
         stopper.resume_from(state)
+    if timer:
+        timer.resume_from(state)

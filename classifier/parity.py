@@ -6,10 +6,10 @@ Per format (metrics/export/metrics.json, byte-reproducible):
 - max_abs_probability_diff: the largest |p - p_keras| over every image and class;
 - size_bytes: the model file, or every file of a model folder.
 
-Latency, the median time of one single-image prediction, changes from run to run, so it is in no DVC
-output (dvc.lock would differ between identical runs): the export stage prints it, and
+Latency, the median time of one single-image prediction, changes from run to run, so the export stage
+writes it to a file of its own (metrics/timing/export.json), and
 
-    python -m classifier.parity [MODEL ...] [--runs 200] [--threads 2] [--json metrics/export/latency.json]
+    python -m classifier.parity [MODEL ...] [--runs 200] [--threads 2] [--json latency.json]
 
 measures it again on demand (by default for models/model.keras and every model in models/export/).
 """

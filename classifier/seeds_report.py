@@ -14,12 +14,8 @@ and the hashes of the code the stages ran (the `.py` deps) are part of a group's
 are queued, running or failed, or lack one of those metrics, are listed as skipped, never pooled; so is
 a second run of a seed already in its group.
 
-Training time comes from DVCLive's `timestamp` columns in the experiment's per-epoch TSVs (read from
-its git commit, `metrics/train/plots/metrics/train/loss.tsv`): the span from the first to the last
-epoch's end, times n / (n - 1) for the first epoch, which has no start time. This project's train stage
-logs no timestamps (they would make `metrics/train` differ run to run and break byte-identical
-`dvc.lock` files), and an experiment's own timestamp in `dvc exp show` is only when it finished, so the
-column reads n/a unless the TSVs have timestamps.
+Training time is `seconds` in `metrics/timing/train.json`: the train stage's seconds over all epochs,
+counted across a resume (runs made before the train stage wrote it read n/a).
 
 Only experiments count, not the workspace or the baseline commits.
 """
@@ -27,14 +23,11 @@ Only experiments count, not the workspace or the baseline commits.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-import io
 import json
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +36,7 @@ TEST = ("metrics/evaluate/metrics.json", ("accuracy",))
 BEST = ("metrics/train/best.json", ("best", "val_accuracy"))
 STEPS = ("metrics/train/metrics.json", ("step",))
 ENVIRONMENT = "metrics/train/environment.json"
-TIMED_TSV = "metrics/train/plots/metrics/train/loss.tsv"
+TIME = ("metrics/timing/train.json", ("seconds",))
 MACHINE = ("cpu", "cpu_family_model", "widest_vectors")  # the machine column; other differing fields get their own
 
 
@@ -85,18 +78,6 @@ def metric(data: dict[str, Any], where: tuple[str, tuple[str, ...]]) -> Any:
     return value
 
 
-def git_seconds(rev: str) -> float | None:
-    """Training time from DVCLive's timestamp column (milliseconds) in the rev's TSV; None without one."""
-    shown = subprocess.run(["git", "show", f"{rev}:{TIMED_TSV}"], capture_output=True, text=True, check=False)
-    if shown.returncode != 0:
-        return None
-    rows = list(csv.DictReader(io.StringIO(shown.stdout), delimiter="\t"))
-    if len(rows) < 2 or "timestamp" not in rows[0]:
-        return None
-    stamps = [int(row["timestamp"]) for row in rows]
-    return (max(stamps) - min(stamps)) / 1000 * len(rows) / (len(rows) - 1)
-
-
 def why_skipped(state: Any, rev: dict[str, Any], params: Any, values: list[Any], environment: Any) -> str | None:
     if state in ("queued", "running", "failed") or rev.get("error"):
         return state if state in ("queued", "running") else "failed"
@@ -106,9 +87,7 @@ def why_skipped(state: Any, rev: dict[str, Any], params: Any, values: list[Any],
     return None if environment else f"no {ENVIRONMENT}: its machine is unknown"
 
 
-def read_runs(
-    show: list[dict[str, Any]], seconds: Callable[[str], float | None] = git_seconds
-) -> tuple[list[Run], list[tuple[str, str, str]]]:
+def read_runs(show: list[dict[str, Any]]) -> tuple[list[Run], list[tuple[str, str, str]]]:
     """The experiments with every metric the report needs, and (name, rev, why) for the others."""
     runs, skipped = [], []
     for experiment in (e for commit in show for e in commit.get("experiments") or [] if e.get("revs")):
@@ -125,8 +104,9 @@ def read_runs(
         deps = data.get("deps") or {}
         code = " ".join(f"{p}:{d.get('hash')}" for p, d in sorted(deps.items()) if p.endswith(".py"))
         test, best, steps = values
-        runs.append(Run(name, rev["rev"], params.get("seed"), flat, environment, code, float(test),
-                        float(best), int(steps) + 1, seconds(rev["rev"])))  # fmt: skip
+        seconds = metric(data, TIME)
+        runs.append(Run(name, rev["rev"], params.get("seed"), flat, environment, code, float(test), float(best),
+                        int(steps) + 1, None if seconds is None else float(seconds)))  # fmt: skip
     return runs, skipped
 
 
@@ -212,7 +192,7 @@ def report(groups: list[Group], skipped: list[tuple[str, str, str]]) -> str:
     if len({json.dumps(g.params, sort_keys=True) for g in groups}) < len(groups):
         lines += ["", "Rows with the same params ran on other machines, software or code: never pooled."]
     if any(r.seconds is None for g in groups for r in g.runs):
-        lines += ["", "train time: n/a where DVCLive's TSVs have no timestamp column (this train stage logs none)."]
+        lines += ["", f"train time: n/a for runs without {TIME[0]} (made before the train stage wrote it)."]
     if skipped:
         lines += ["", "Skipped (not pooled):", *(f"- `{name}` ({rev[:7]}): {why}" for name, rev, why in skipped)]
     return "\n".join(lines) + "\n"

@@ -6,8 +6,8 @@ training images drawn with `seed`), ONNX, and labels.txt. Every file is byte-rep
 
 Then loads each file back as an app would (classifier/exported.py) and writes metrics.json: per format,
 test accuracy, top-1 agreement with the Keras model, largest probability difference and size
-(classifier/parity.py; a DVC metric, byte-reproducible). It prints those and the median milliseconds of
-one single-image prediction, which vary run to run and so stay out of every DVC output.
+(classifier/parity.py; a DVC metric, byte-reproducible). The median milliseconds of one single-image
+prediction vary run to run, so they go to a file of their own (`--timing`, metrics/timing/export.json).
 Fails with one line if a float format agrees with Keras on less than 99.9% of the test images.
 """
 
@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("data_dir", type=Path, help="directory with train.npz, test.npz and classes.json")
     parser.add_argument("out_dir", type=Path, help="where the exported models go (models/export)")
     parser.add_argument("metrics_dir", type=Path, help="where metrics.json goes")
+    parser.add_argument("--timing", type=Path, help="where to write the latency of each format (a JSON metric)")
     args = parser.parse_args()
     params = load_params()
     settings, threads = params["export"], params["train"]["threads"]  # threads: timings, LiteRT, ONNX
@@ -63,12 +64,14 @@ def main() -> None:
         metrics[name] = parity(reference, predictor.predict(test_images), test_labels)
         metrics[name]["size_bytes"] = sizes[name]
     write_json(args.metrics_dir / "metrics.json", metrics)
-    for name, predictor in predictors.items():
-        m = metrics[name]
+    latency = {name: round(median_latency_ms(predictor, test_images[:1]), 4) for name, predictor in predictors.items()}
+    if args.timing:
+        write_json(args.timing, {"latency_ms": latency, "latency_runs": LATENCY_RUNS})
+    for name, m in metrics.items():
         print(
             f"export: {name:<15} accuracy {m['test_accuracy']:.4f}, agreement {m['top1_agreement']:.4f}, "
             f"max diff {m['max_abs_probability_diff']:.2e}, {sizes[name] / 1e6:.2f} MB, "
-            f"{median_latency_ms(predictor, test_images[:1]):.3f} ms per image (median of {LATENCY_RUNS})"
+            f"{latency[name]:.3f} ms per image (median of {LATENCY_RUNS})"
         )
     check_float_agreement(metrics, len(test_labels), f"see {args.metrics_dir / 'metrics.json'}")
 

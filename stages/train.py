@@ -35,6 +35,7 @@ from classifier.model_files import load_model, save_model
 from classifier.params import load_params
 from classifier.runtime import configure_tensorflow, environment
 from classifier.schedules import use_learning_rate_schedule
+from classifier.timing import describe, epoch_timer, median_epoch, train_timing
 
 # oneDNN's allocator keeps every freed block in its own pool; the system allocator gives large blocks back
 # (~240 MB less peak memory on CIFAR-10). Read when TensorFlow loads: set before anything imports it.
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("data_dir", type=Path, help="directory with train.npz and validation.npz")
     parser.add_argument("model", type=Path, help="where to save the trained .keras model")
     parser.add_argument("metrics_dir", type=Path, help="DVCLive directory for per-epoch metrics")
+    parser.add_argument("--timing", type=Path, help="where to write how long the epochs took (a JSON metric)")
     parser.add_argument("--backup-dir", type=Path, default=DEFAULT_DIR, help=f"default {DEFAULT_DIR}")
     args = parser.parse_args()
     params = load_params()
@@ -68,11 +70,11 @@ def main() -> None:
     metrics_dir = args.metrics_dir if chief else None
     use_learning_rate_schedule(model, settings, len(train[1]), distribute.replicas(strategy))
     initial_epoch, state = resume(backup, strategy, model, metrics_dir)
-    stopper = early_stopping_for(settings)
-    restore_callback_state(model, stopper, state)
+    stopper, timer = early_stopping_for(settings), epoch_timer()
+    restore_callback_state(model, stopper, state, timer)
     # After DVCLive's callback has logged the epoch and early stopping has seen it, so that the backup
-    # holds both.
-    callbacks = [backup.callback(model, metrics_dir, lambda: callback_state(model, stopper))]
+    # holds both (and the epoch's time).
+    callbacks = [timer, backup.callback(model, metrics_dir, lambda: callback_state(model, stopper, timer))]
     if stopper:
         callbacks.insert(0, stopper)
     verbose = 1 if sys.stdout.isatty() else 2  # progress bars on a terminal, one line per epoch in logs
@@ -86,6 +88,11 @@ def main() -> None:
         write_json(metrics_dir / "best.json", {"best": best_epoch(metrics_dir)})  # of the whole run, resumed or not
         # Where this result came from, so that results from two machines are never mistaken for one.
         write_json(metrics_dir / "environment.json", {"environment": environment()})
+        timing = train_timing(timer.seconds)
+        print(f"train: {len(timer.seconds)} epochs in {describe(timing['seconds'])} "
+              f"(median {median_epoch(timer.seconds):.1f} s per epoch)")  # fmt: skip
+        if args.timing:
+            write_json(args.timing, timing)
         del train, validation  # saving needs memory of its own: free the images first (peak RSS);
         gc.collect()  # tf.data's functions hold them in reference cycles
         save_model(model, args.model)

@@ -239,6 +239,22 @@ def make_project(where: Path, archive: Path, overrides: dict[str, Any] | None = 
 # ---------------------------------------------------------------------------------------------
 
 
+TIMINGS = "metrics/timing/"  # the only outputs that differ between two runs of the same params
+
+
+def lock_without_timings(repo: Path) -> dict[str, Any]:
+    """dvc.lock, less the outputs under metrics/timing/ (how long the epochs and predictions took)."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    for stage in lock["stages"].values():
+        stage["outs"] = [out for out in stage.get("outs", []) if not out["path"].startswith(TIMINGS)]
+    return lock
+
+
+def locked_outputs(repo: Path) -> dict[str, list]:
+    """Each stage's outputs as dvc.lock records them (path, md5, size), timings left out: the bytes it ended with."""
+    return {name: stage["outs"] for name, stage in lock_without_timings(repo)["stages"].items()}
+
+
 def assert_png(path: Path, size: tuple[int, int] | None = None) -> Image.Image:
     """A whole, decodable PNG of a sensible size that is not a blank canvas."""
     with Image.open(path) as image:

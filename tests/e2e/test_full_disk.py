@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-import yaml
 
-from conftest import assert_png, make_image_folder, make_project, set_params, sh
+from conftest import assert_png, locked_outputs, make_image_folder, make_project, set_params, sh
 from local_http import file_server
 
 pytestmark = pytest.mark.e2e
@@ -66,12 +65,6 @@ def reference(fresh: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
-def outs(repo: Path) -> dict[str, list]:
-    """Each stage's outputs as dvc.lock records them (path, md5, size): the bytes it ended with."""
-    stages = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    return {name: stage["outs"] for name, stage in stages.items()}
-
-
 def assert_one_disk_full_line(result: subprocess.CompletedProcess, path: str) -> str:
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
@@ -103,7 +96,7 @@ def test_full_disk_while_preprocess_writes_its_splits(fresh: Path, reference: Pa
     print(line)
 
     sh(repo, "dvc", "repro", "preprocess")
-    assert outs(repo) == {name: outs(reference)[name] for name in ("download", "preprocess")}
+    assert locked_outputs(repo) == {name: locked_outputs(reference)[name] for name in ("download", "preprocess")}
     for name in PREPARED:
         path = Path("data/prepared") / name
         assert (repo / path).read_bytes() == (reference / path).read_bytes(), name
@@ -125,7 +118,7 @@ def test_full_disk_while_download_writes_the_archive(
             assert files_in(mount) == [], "a half-written archive, or a temporary file, is left"
         print(line)
         sh(repo, "dvc", "repro", "download")
-    assert outs(repo)["download"] == outs(reference)["download"]
+    assert locked_outputs(repo)["download"] == locked_outputs(reference)["download"]
     assert (repo / "data/raw/dataset.archive").read_bytes() == binary_archive.read_bytes()
 
 
@@ -145,7 +138,7 @@ def test_full_disk_while_plot_writes_its_charts(fresh: Path, reference: Path, tm
     print(line)
 
     sh(repo, "dvc", "repro", "plot")
-    assert outs(repo) == outs(reference)
+    assert locked_outputs(repo) == locked_outputs(reference)
     for chart in (reference / "metrics/plots").glob("*.png"):
         assert (repo / "metrics/plots" / chart.name).read_bytes() == chart.read_bytes(), chart.name
 

@@ -20,11 +20,10 @@ from typing import Callable
 import numpy as np
 import psutil
 import pytest
-import yaml
 from PIL import Image
 
 from classifier.backup import DEFAULT_DIR
-from conftest import CLASSES, PROJECT, add_bytes, make_project, sh, tool_env
+from conftest import CLASSES, PROJECT, add_bytes, locked_outputs, make_project, sh, tool_env
 from local_http import Handler, file_server
 
 pytestmark = pytest.mark.e2e
@@ -230,12 +229,6 @@ def temporary_files(repo: Path) -> list[str]:
     return found
 
 
-def outs(repo: Path) -> dict[str, list]:
-    """Each stage's outputs as dvc.lock records them (path, md5, size): the bytes it ended with."""
-    stages = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    return {name: stage["outs"] for name, stage in stages.items()}
-
-
 @pytest.mark.parametrize("stage", ["download", "preprocess", "train"])
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_stage_stops_cleanly_and_reruns_to_the_same_bytes(
@@ -258,7 +251,7 @@ def test_interrupted_stage_stops_cleanly_and_reruns_to_the_same_bytes(
     again = sh(repo, "dvc", "repro", stage)
     if stage == "train":
         assert "train: resuming after epoch" in again.stdout, again.stdout
-    mine, uninterrupted = outs(repo), outs(reference)
+    mine, uninterrupted = locked_outputs(repo), locked_outputs(reference)
     assert list(mine) == UPSTREAM[stage]
     assert mine == {name: uninterrupted[name] for name in mine}
     for path in OUTPUTS[stage]:

@@ -29,6 +29,7 @@ def test_a_queue_of_two_seeds_is_one_row(binary_archive: Path, tmp_path: Path) -
     assert sorted(run["params"]["params.yaml"]["data"]["seed"] for run in runs) == [1, 2]
     tests = [run["metrics"]["metrics/evaluate/metrics.json"]["data"]["accuracy"] for run in runs]
     bests = [run["metrics"]["metrics/train/best.json"]["data"]["best"] for run in runs]
+    seconds = [run["metrics"]["metrics/timing/train.json"]["data"]["seconds"] for run in runs]
     assert all(1 <= best["epoch"] <= 2 and set(best) == {"epoch", "val_accuracy", "val_loss", "accuracy", "loss"}
                for best in bests)  # fmt: skip
 
@@ -41,7 +42,8 @@ def test_a_queue_of_two_seeds_is_one_row(binary_archive: Path, tmp_path: Path) -
     assert values["min"] == f"{min(tests):.4f}" and values["min2"] == f"{min(b['val_accuracy'] for b in bests):.4f}"
     assert values["best val accuracy"].startswith(f"{statistics.mean(b['val_accuracy'] for b in bests):.4f}")
     assert values["machine"].split()[-1] in ("AMX", "AVX-512", "AVX2", "AVX", "none")
-    assert "Skipped" not in report
+    assert values["train time"] == f"{statistics.median(seconds):.1f} s" and all(s > 0 for s in seconds)
+    assert "Skipped" not in report and "n/a" not in report
 
     (repo / "exps.json").write_text(json.dumps(shown))
     assert sh(repo, sys.executable, "-m", "classifier.seeds_report", "--json", "exps.json").stdout == report

@@ -116,7 +116,8 @@ def test_best_epoch_with_early_stopping_and_after_a_resume(prepared: Path, tmp_p
         (tmp_path / name).mkdir()
         (tmp_path / name / "params.yaml").write_text(yaml.safe_dump(params))
     stage(tmp_path / "whole", "-m", "stages.build_and_compile", str(prepared / "classes.json"), "compiled.keras", "summary.txt")
-    paths = [str(tmp_path / "whole" / "compiled.keras"), str(prepared), "model.keras", "metrics", "--backup-dir", "backup"]
+    paths = [str(tmp_path / "whole" / "compiled.keras"), str(prepared), "model.keras", "metrics", "--backup-dir", "backup",
+             "--timing", "timing/train.json"]  # fmt: skip
     runs["whole"] = stage(tmp_path / "whole", "-m", "stages.train", *paths)
     whole = assert_best_epoch_is_the_historys_best(tmp_path / "whole" / "metrics", runs["whole"].stdout)
     assert 2 < len(dvclive_rows(tmp_path / "whole" / "metrics")) < 8, "early stopping ended the run after epoch 2"
@@ -128,6 +129,11 @@ def test_best_epoch_with_early_stopping_and_after_a_resume(prepared: Path, tmp_p
     resumed = assert_best_epoch_is_the_historys_best(tmp_path / "resumed" / "metrics", runs["resumed"].stdout, epochs - 2)
     assert resumed == whole
     assert dvclive_rows(tmp_path / "resumed" / "metrics") == dvclive_rows(tmp_path / "whole" / "metrics")
+    # The epochs' times carry across the resume in the backups: every epoch is counted once.
+    for name in ("whole", "resumed"):
+        timing = json.loads((tmp_path / name / "timing/train.json").read_text())
+        assert re.search(rf"^train: {epochs} epochs in ([\d.]+) s ", runs[name].stdout, re.MULTILINE)
+        assert float(re.search(r"epochs in ([\d.]+) s", runs[name].stdout)[1]) == timing["seconds"] > 0
 
 
 def tf_version() -> str:

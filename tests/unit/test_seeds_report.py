@@ -7,7 +7,6 @@ import copy
 import hashlib
 import json
 import statistics
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pytest
 import yaml
 
 from classifier import seeds_report
-from conftest import PROJECT, tool_env
+from conftest import PROJECT
 
 PARAMS = yaml.safe_load((PROJECT / "params.yaml").read_text())
 BASELINE = "31184c05b4d04deccd4a176aca3b883b50b26aad"
@@ -39,7 +38,8 @@ def rev_of(name: str) -> str:
 
 
 def experiment(name: str, seed: int, test: float | None = 0.5, best: float | None = 0.5, *, state: str = "success",
-               environment: dict | None = ENVIRONMENT, epochs: int = 2, deps: dict = DEPS, **params: Any) -> dict:
+               environment: dict | None = ENVIRONMENT, epochs: int = 2, deps: dict = DEPS, seconds: float | None = None,
+               **params: Any) -> dict:
     """One entry of a commit's "experiments" list; `params` as dotted keys ('model.learning_rate')."""
     values = copy.deepcopy(PARAMS) | {"seed": seed}
     for dotted, value in params.items():
@@ -52,6 +52,7 @@ def experiment(name: str, seed: int, test: float | None = 0.5, best: float | Non
         "metrics/train/metrics.json": {"train": {"accuracy": 0.7, "loss": 0.8}, "eval": {"accuracy": 0.6, "loss": 0.9},
                                        "step": epochs - 1},
         "metrics/train/environment.json": None if environment is None else {"environment": environment},
+        "metrics/timing/train.json": None if seconds is None else {"seconds": seconds},
     }  # fmt: skip
     failed = state == "failed"
     metrics = {} if state == "queued" else {
@@ -93,20 +94,20 @@ def rows(text: str) -> list[dict[str, str]]:
     return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[1:]]
 
 
-def run_report(shown: list[dict], seconds: dict[str, float] | None = None) -> str:
-    runs, skipped = seeds_report.read_runs(shown, lambda rev: (seconds or {}).get(rev))
+def run_report(shown: list[dict]) -> str:
+    runs, skipped = seeds_report.read_runs(shown)
     return seeds_report.report(seeds_report.group_runs(runs, skipped), skipped)
 
 
 def test_seeds_of_one_config_are_pooled_and_configs_are_rows() -> None:
     tests, bests = [0.60, 0.62, 0.67], [0.61, 0.63, 0.66]
     shown = show(
-        *(experiment(f"a{s}", s, t, b, epochs=e, **{"model.learning_rate": 0.001})
-          for s, t, b, e in zip((1, 2, 3), tests, bests, (50, 54, 100))),
+        *(experiment(f"a{s}", s, t, b, epochs=e, seconds=seconds, **{"model.learning_rate": 0.001})
+          for s, t, b, e, seconds in zip((1, 2, 3), tests, bests, (50, 54, 100), (10.0, 30.0, 20.0))),
         experiment("b1", 1, 0.55, 0.56, **{"model.learning_rate": 0.002}),
         experiment("b2", 2, 0.57, 0.58, **{"model.learning_rate": 0.002}),
     )  # fmt: skip
-    text = run_report(shown, {rev_of("a1"): 10.0, rev_of("a2"): 30.0, rev_of("a3"): 20.0})
+    text = run_report(shown)  # train time: the median of metrics/timing/train.json
     first, second = rows(text)
     assert first["learning_rate"] == "0.001" and second["learning_rate"] == "0.002"
     assert first["seeds"] == "3 (1, 2, 3)" and second["seeds"] == "2 (1, 2)"
@@ -116,6 +117,7 @@ def test_seeds_of_one_config_are_pooled_and_configs_are_rows() -> None:
     assert first["epochs"] == "54" and first["train time"] == "20.0 s" and second["train time"] == "n/a"
     assert first["machine"] == "AMD EPYC 25/1 AVX2"
     assert "Skipped" not in text and "never pooled" not in text
+    assert "train time: n/a for runs without metrics/timing/train.json" in text  # the b runs have none
 
 
 def test_a_single_seed_has_no_spread_and_the_table_needs_no_param_columns() -> None:
@@ -179,30 +181,10 @@ def test_keys_are_shortened_to_their_unique_tail() -> None:
     }  # fmt: skip
 
 
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, env=tool_env(), check=True, capture_output=True, text=True).stdout
-
-
-def test_training_time_comes_from_dvclives_timestamp_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Epoch ends at 0, 12 and 24 s: 24 s for epochs 2-3, so 36 s for all three; no column, no time."""
-    tsv = tmp_path / seeds_report.TIMED_TSV
-    tsv.parent.mkdir(parents=True)
-    git(tmp_path, "init", "-q")
-    tsv.write_text("timestamp\tstep\tloss\n1700000000000\t0\t1.2\n1700000012000\t1\t0.9\n1700000024000\t2\t0.8\n")
-    git(tmp_path, "add", "-A")
-    git(tmp_path, "commit", "-qm", "timed")
-    timed = git(tmp_path, "rev-parse", "HEAD").strip()
-    tsv.write_text("step\tloss\n0\t1.2\n1\t0.9\n")
-    git(tmp_path, "commit", "-qam", "untimed")
-    monkeypatch.chdir(tmp_path)
-    assert seeds_report.git_seconds(timed) == pytest.approx(36.0)
-    assert seeds_report.git_seconds("HEAD") is None and seeds_report.git_seconds("0" * 40) is None
-
-
 def test_command_reads_a_saved_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     saved = tmp_path / "exps.json"
     saved.write_text(json.dumps(show(experiment("a", 1, 0.6, 0.61), experiment("b", 2, 0.64, 0.65))))
-    monkeypatch.chdir(tmp_path)  # not a git repo: no times
+    monkeypatch.chdir(tmp_path)
     seeds_report.main(["--json", str(saved)])
     [row] = rows(capsys.readouterr().out)
     assert row["seeds"] == "2 (1, 2)" and row["test accuracy"] == "0.6200 ± 0.0283" and row["train time"] == "n/a"
