@@ -122,3 +122,23 @@ def test_download_preprocess_and_plot_never_import_tensorflow(tmp_path: Path) ->
         assert result.returncode == 0, f"{module}: {result.stderr}"
         assert "tensorflow imported: False" in result.stdout, module
     assert (tmp_path / "prepared" / "train.npz").exists() and (tmp_path / "plots" / "loss.png").exists()
+
+
+def test_stopping_rules_replays_a_noisy_curve_through_the_train_stages_early_stopping(tmp_path: Path) -> None:
+    """A lucky epoch 5 of 20, then a climb past it from epoch 15: patience 3 stops after epoch 8 and keeps
+    epoch 5; counting only from 0.8 of the epochs, or never stopping, keeps the last and best epoch."""
+    curve = [0.30, 0.35, 0.40, 0.42, 0.60, 0.41, 0.45, 0.47, *(round(0.50 + 0.02 * i, 2) for i in range(12))]
+    tsv = tmp_path / "accuracy.tsv"
+    tsv.write_text("step\taccuracy\n" + "".join(f"{i}\t{v}\n" for i, v in enumerate(curve)))
+    rules = {"p3": {"patience": 3}, "p3 from 0.8": {"patience": 3, "start_epoch": 0.8},
+             "keep": {"patience": None, "keep_best": True}}  # fmt: skip
+    code = (
+        f"import sys; sys.path.insert(0, 'benchmarks'); sys.argv = ['x', '--epochs', '20', {str(tsv)!r}]\n"
+        f"import stopping_rules; stopping_rules.RULES = {rules!r}; stopping_rules.main()\n"
+    )
+    rows = [line for line in run_script("-c", code).stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[1:] == [
+        "| p3 | 8, 5 (0.6000) | 0.6000 | 8.0 |",
+        "| p3 from 0.8 | 20, 20 (0.7200) | 0.7200 | 20.0 |",
+        "| keep | 20, 20 (0.7200) | 0.7200 | 20.0 |",
+    ]
