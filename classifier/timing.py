@@ -1,7 +1,7 @@
 """How long the work took: the only numbers that differ between two runs of the same params.
 
-They go to files of their own under metrics/timing/ (DVC metrics, so `dvc exp show` and
-`python -m classifier.seeds_report` read them), so that every other output, dvc.lock included, stays
+They go to files of their own under metrics/timing/ (train.json is a top-level DVC metric, which
+`dvc exp show` and `python -m classifier.seeds_report` read), so that every other output, dvc.lock included, stays
 byte-identical run to run.
 """
 
