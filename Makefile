@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install repro test test-fast lock clean-venv
+.PHONY: install repro test test-fast lock clean-venv deps
 
 # The venv, and the offline plots page's template that .dvc/config gives `dvc plots show` / `dvc plots diff`.
 install: $(VENV)/.installed plots_page/build/template.html
@@ -30,6 +30,10 @@ test: install
 
 test-fast: install
 	python -m pytest -m "not e2e"
+
+# Write each stage's code deps in dvc.yaml from what its command imports (tests/test_layout.py checks them).
+deps: install
+	python -m tools.code_deps
 
 # Re-pin every package after changing pyproject.toml's dependencies.
 lock:

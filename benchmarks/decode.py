@@ -33,8 +33,8 @@ from PIL import Image
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from classifier.dataset import Options  # noqa: E402
-from classifier.layouts import read_dataset  # noqa: E402
+from classifier.data.dataset import Options  # noqa: E402
+from classifier.data.layouts import read_dataset  # noqa: E402
 
 SHARED = PROJECT.parent / "shared"
 

@@ -71,9 +71,9 @@ def train(runs: list[Path], args: argparse.Namespace, distribution: str) -> floa
 
 def backup_seconds(compiled: Path, metrics: Path, scratch: Path) -> tuple[float, float]:
     """Median time of one per-epoch backup of this model (weights + optimizer state), and its size in MB."""
-    from classifier.backup import Backup
-    from classifier.model_files import load_model
-    from classifier.runtime import configure_tensorflow
+    from classifier.training.backup import Backup
+    from classifier.model.saving import load_model
+    from classifier.model.runtime import configure_tensorflow
 
     configure_tensorflow()
     model = load_model(compiled)
@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--no-xla", action="store_true", help="train.jit_compile false for the single process too")
     args = parser.parse_args()
-    from classifier.model_files import load_model
+    from classifier.model.saving import load_model
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)

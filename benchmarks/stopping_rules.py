@@ -1,5 +1,5 @@
 """Which early-stopping rule would have kept the best model? Replays real validation curves through the
-train stage's own early stopping (classifier/callbacks.py), for several rules at once.
+train stage's own early stopping (classifier/training/callbacks.py), for several rules at once.
 
 usage: python benchmarks/stopping_rules.py [--epochs 100] RUN [RUN ...]
 
@@ -28,7 +28,7 @@ from typing import Any
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from classifier.callbacks import early_stopping, first_counted_epoch  # noqa: E402
+from classifier.training.callbacks import early_stopping, first_counted_epoch  # noqa: E402
 
 TSV = "metrics/train/plots/metrics/eval/accuracy.tsv"
 RULES = {  # name: early_stopping() arguments, as train.* params would give them

@@ -7,7 +7,7 @@ Each run trains in its own subprocess (so peak RSS is per process); plain and st
 medians of the epochs after the first (which includes tracing and compilation) are compared. A third kind
 of subprocess measures the GEMM ceiling: TensorFlow's matmul at the training shapes and a large numpy GEMM.
 The plain recipe: float32 copies of the images scaled to [0, 1], one-hot labels, model.fit(batch_size=32).
-Both use the same seed, thread count and op determinism (classifier.runtime.configure_tensorflow).
+Both use the same seed, thread count and op determinism (classifier.model.runtime.configure_tensorflow).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ import yaml
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from classifier.errors import StageError  # noqa: E402
-from classifier.files import write_json  # noqa: E402
-from classifier.params import load_params, validate_params  # noqa: E402
-from classifier.splits import load_split, save_split  # noqa: E402
+from classifier.core.errors import StageError  # noqa: E402
+from classifier.core.files import write_json  # noqa: E402
+from classifier.core.params import load_params, validate_params  # noqa: E402
+from classifier.data.splits import load_split, save_split  # noqa: E402
 
 REAL_ARCHIVE = PROJECT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 CACHE = PROJECT / "benchmarks" / "results"
@@ -48,8 +48,8 @@ LABELS = {"plain": "plain recipe", "stage": "train stage"}
 
 def prepare_real(archive: Path, seed: int) -> Path:
     """Decode the archive once (cached under benchmarks/results/) into train/validation .npz files."""
-    from classifier.dataset import Options, split_validation
-    from classifier.layouts import read_dataset
+    from classifier.data.dataset import Options, split_validation
+    from classifier.data.layouts import read_dataset
 
     folder = CACHE / f"data-{archive.name}-{archive.stat().st_size}"
     if not (folder / "validation.npz").exists():
@@ -113,7 +113,7 @@ def epoch_timer() -> Any:
 
 def run_plain(data: Path, params: dict[str, Any], epochs: int) -> dict[str, Any]:
     """The recipe as usually written: float32 arrays in [0, 1], one-hot labels, model.fit(batch_size=32)."""
-    from classifier.runtime import configure_tensorflow
+    from classifier.model.runtime import configure_tensorflow
 
     configure_tensorflow(seed=params["seed"], threads=params["train"]["threads"])
     import keras
@@ -152,10 +152,10 @@ def run_plain(data: Path, params: dict[str, Any], epochs: int) -> dict[str, Any]
 
 def run_stage(data: Path, params: dict[str, Any], epochs: int) -> dict[str, Any]:
     """What `python -m stages.train` does: same model, data loading, fit path and DVCLive logging."""
-    from classifier.model import build_model, compile_model
-    from classifier.runtime import configure_tensorflow
-    from classifier.batches import load_images
-    from classifier.fit import fit
+    from classifier.model.build import build_model, compile_model
+    from classifier.model.runtime import configure_tensorflow
+    from classifier.training.batches import load_images
+    from classifier.training.fit import fit
 
     configure_tensorflow(seed=params["seed"], threads=params["train"]["threads"])
     from dvclive import Live
@@ -194,7 +194,7 @@ def run_stage(data: Path, params: dict[str, Any], epochs: int) -> dict[str, Any]
 
 def run_gemm(params: dict[str, Any], tiny: bool) -> dict[str, float]:
     """GFLOP/s of TensorFlow's matmul at the training shapes, and of a large numpy (OpenBLAS) GEMM."""
-    from classifier.runtime import configure_tensorflow
+    from classifier.model.runtime import configure_tensorflow
 
     configure_tensorflow(threads=params["train"]["threads"])
     import tensorflow as tf
@@ -236,7 +236,7 @@ def adam_update_ms(params: dict[str, Any], repeats: int) -> float:
     import keras
     import tensorflow as tf
 
-    from classifier.model import build_model
+    from classifier.model.build import build_model
 
     model = build_model(32, 10, params["model"]["hidden_units"], params["model"]["activation"])
     weights = model.trainable_variables
@@ -444,7 +444,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         if not args.tiny and args.archive.exists():
             data = prepare_real(args.archive, params["seed"])
-            source = f"real CIFAR-10 JPEGs ({args.archive.name}, decoded by classifier.layouts)"
+            source = f"real CIFAR-10 JPEGs ({args.archive.name}, decoded by classifier.data.layouts)"
         else:
             data = prepare_generated(Path(scratch), 640 if args.tiny else 50_000, params["seed"])
             source = "generated images"

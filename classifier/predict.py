@@ -23,11 +23,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from classifier.errors import StageError, run
-from classifier.files import read_json
-from classifier.exported import load_predictor
-from classifier.runtime import configure_tensorflow
-from classifier.images import decode_image, is_image_name
+from classifier.core.errors import StageError, run
+from classifier.core.files import read_json
+from classifier.export.exported import load_predictor
+from classifier.model.runtime import configure_tensorflow
+from classifier.data.images import decode_image, is_image_name
 
 DEFAULT_MODEL = Path("models/model.keras")
 DEFAULT_CLASSES = Path("data/prepared/classes.json")

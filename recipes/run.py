@@ -21,8 +21,8 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from classifier.errors import StageError, run  # noqa: E402
-from classifier.params import check_combinations, load_params, validate_params  # noqa: E402
+from classifier.core.errors import StageError, run  # noqa: E402
+from classifier.core.params import check_combinations, load_params, validate_params  # noqa: E402
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

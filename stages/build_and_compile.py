@@ -1,7 +1,7 @@
 """Stage 3: build the MLP from params, compile it, and save it untrained with a readable summary.
 
 Defaults are the classic recipe: Dense(512, relu) then Dense(10, softmax), adam,
-categorical_crossentropy, accuracy; classifier/model.py builds it from the `model:` params.
+categorical_crossentropy, accuracy; classifier/model/build.py builds it from the `model:` params.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from classifier.errors import run
-from classifier.files import read_json, write_text
-from classifier.model import build_model, compile_model, summarize
-from classifier.model_files import save_model
-from classifier.params import load_params
-from classifier.runtime import configure_tensorflow
+from classifier.core.errors import run
+from classifier.core.files import read_json, write_text
+from classifier.model.build import build_model, compile_model, summarize
+from classifier.model.saving import save_model
+from classifier.core.params import load_params
+from classifier.model.runtime import configure_tensorflow
 
 # Which model.* params go to building the network, and which to compiling it.
 ARCHITECTURE = ("hidden_units", "activation", "normalization", "dropout", "residual")

@@ -2,7 +2,7 @@
 
 download.url may be an http(s) or file:// URL, or a local path to an archive or to an image-folder
 directory (packed into one uncompressed tar, so DVC tracks a single file). The output appears only once
-complete and verified: a failed or interrupted download leaves nothing behind (classifier/fetch.py).
+complete and verified: a failed or interrupted download leaves nothing behind (classifier/data/fetch.py).
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from classifier.errors import run
-from classifier.fetch import Network, fetch, file_digest
-from classifier.params import load_params
+from classifier.core.errors import run
+from classifier.data.fetch import Network, fetch, file_digest
+from classifier.core.params import load_params
 
 
 def main() -> None:

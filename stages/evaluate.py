@@ -5,7 +5,7 @@
   `dvc metrics show metrics/evaluate/metrics.json` stays short;
 - confusion.csv: one row per test image (actual, predicted, confidence), for DVC's `confusion` plot
   template and for the plot stage's grid of misclassified images.
-Every number is computed with numpy from the predicted probabilities (classifier/metrics.py).
+Every number is computed with numpy from the predicted probabilities (classifier/reporting/metrics.py).
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from classifier import metrics
-from classifier.errors import StageError, run
-from classifier.files import read_json, write_json, write_text
-from classifier.model_files import load_model
-from classifier.params import load_params
-from classifier.runtime import configure_tensorflow
-from classifier.splits import load_split
+from classifier.reporting import metrics
+from classifier.core.errors import StageError, run
+from classifier.core.files import read_json, write_json, write_text
+from classifier.model.saving import load_model
+from classifier.core.params import load_params
+from classifier.model.runtime import configure_tensorflow
+from classifier.data.splits import load_split
 
 
 def main() -> None:

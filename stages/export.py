@@ -1,12 +1,12 @@
 """Stage 7: export the trained model for apps, and measure how closely each format matches it.
 
-Writes under models/export/ (classifier/export.py): a TF SavedModel (uint8 images in, probabilities out),
+Writes under models/export/ (classifier/export/formats.py): a TF SavedModel (uint8 images in, probabilities out),
 LiteRT models in float32 and in full-integer int8 (uint8 input, calibrated on `export.calibration_images`
 training images drawn with `seed`), ONNX, and labels.txt. Every file is byte-reproducible.
 
-Then loads each file back as an app would (classifier/exported.py) and writes metrics.json: per format,
+Then loads each file back as an app would (classifier/export/exported.py) and writes metrics.json: per format,
 test accuracy, top-1 agreement with the Keras model, largest probability difference and size
-(classifier/parity.py; a DVC metric, byte-reproducible). The median milliseconds of one single-image
+(classifier/export/parity.py; a DVC metric, byte-reproducible). The median milliseconds of one single-image
 prediction vary run to run, so they go to a file of their own (`--timing`, metrics/timing/export.json).
 Fails with one line if a float format agrees with Keras on less than 99.9% of the test images.
 """
@@ -16,15 +16,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from classifier.errors import StageError, run
-from classifier.export import export_all, folder_size
-from classifier.exported import load_predictor
-from classifier.files import read_json, write_json
-from classifier.litert import calibration_sample
-from classifier.params import load_params
-from classifier.parity import LATENCY_RUNS, check_float_agreement, median_latency_ms, parity
-from classifier.runtime import configure_tensorflow
-from classifier.splits import load_split
+from classifier.core.errors import StageError, run
+from classifier.export.formats import export_all, folder_size
+from classifier.export.exported import load_predictor
+from classifier.core.files import read_json, write_json
+from classifier.export.litert import calibration_sample
+from classifier.core.params import load_params
+from classifier.export.parity import LATENCY_RUNS, check_float_agreement, median_latency_ms, parity
+from classifier.model.runtime import configure_tensorflow
+from classifier.data.splits import load_split
 
 
 def main() -> None:

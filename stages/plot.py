@@ -1,4 +1,4 @@
-"""Stage 6: every PNG chart of the project, from what train and evaluate wrote (classifier/charts.py).
+"""Stage 6: every PNG chart of the project, from what train and evaluate wrote (classifier/reporting/charts.py).
 
 - loss.png, accuracy.png: per epoch, training vs validation, the best validation epoch marked;
 - per_class_accuracy.png: the share of each class's test images classified right;
@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from classifier import charts
-from classifier.errors import StageError, run
-from classifier.files import read_json
-from classifier.params import load_params
-from classifier.splits import load_split
+from classifier.reporting import charts
+from classifier.core.errors import StageError, run
+from classifier.core.files import read_json
+from classifier.core.params import load_params
+from classifier.data.splits import load_split
 
 
 def main() -> None:

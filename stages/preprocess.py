@@ -1,9 +1,9 @@
 """Stage 2: read the raw archive in place and write uint8 train / validation / test splits.
 
-Layouts understood (classifier/layouts.py), each in a .tar, .tar.gz/.tgz, .zip or a directory: the
+Layouts understood (classifier/data/layouts.py), each in a .tar, .tar.gz/.tgz, .zip or a directory: the
 CIFAR-10 and CIFAR-100 binary versions, and an image folder [<root>/]train/<class>/<image> with
 test/<class>/<image>. Members are read through the archive API, never extracted to disk, and nothing is
-ever unpickled (classifier/archives.py checks every member first).
+ever unpickled (classifier/data/archives.py checks every member first).
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from classifier.dataset import Options, split_validation
-from classifier.errors import run
-from classifier.files import write_json
-from classifier.layouts import read_dataset
-from classifier.params import load_params
-from classifier.splits import save_split
+from classifier.data.dataset import Options, split_validation
+from classifier.core.errors import run
+from classifier.core.files import write_json
+from classifier.data.layouts import read_dataset
+from classifier.core.params import load_params
+from classifier.data.splits import save_split
 
 
 def report_skipped(skipped: list[str], shown: int = 20) -> None:

@@ -3,15 +3,15 @@
 Same math as the classic `model.fit(x, y, batch_size=32)`: a fresh shuffle every epoch, one optimizer
 update per batch of `train.batch_size`, validation after every epoch. What makes it fast on a CPU
 (docs/performance.md): the uint8 images stay in memory as one tensor, batches are gathered inside
-TensorFlow (classifier/batches.py), many batches run per call and each step is compiled by XLA
-(classifier/fit.py).
+TensorFlow (classifier/training/batches.py), many batches run per call and each step is compiled by XLA
+(classifier/training/fit.py).
 
 Beyond the recipe, all off by default (docs/better-recipe.md): a warm-up + cosine learning rate
-(classifier/schedules.py), early stopping that keeps the best epoch's weights (classifier/callbacks.py)
-and augmentation of the training batches (classifier/augment.py).
+(classifier/training/schedules.py), early stopping that keeps the best epoch's weights (classifier/training/callbacks.py)
+and augmentation of the training batches (classifier/training/augment.py).
 
-A killed run resumes after its last completed epoch (classifier/backup.py), and `train.distribution`
-spreads every batch over several devices or machines (classifier/distribute.py): docs/scaling-and-resuming.md.
+A killed run resumes after its last completed epoch (classifier/training/backup.py), and `train.distribution`
+spreads every batch over several devices or machines (classifier/training/distribute.py): docs/scaling-and-resuming.md.
 """
 
 from __future__ import annotations
@@ -23,19 +23,19 @@ import os
 import sys
 from pathlib import Path
 
-from classifier import distribute
-from classifier.backup import DEFAULT_DIR, Backup, resume, run_key
-from classifier.batches import load_images
-from classifier.best_epoch import best_epoch
-from classifier.callbacks import callback_state, early_stopping_for, restore_callback_state
-from classifier.errors import run
-from classifier.files import write_json
-from classifier.fit import fit
-from classifier.model_files import load_model, save_model
-from classifier.params import load_params
-from classifier.runtime import configure_tensorflow, environment
-from classifier.schedules import use_learning_rate_schedule
-from classifier.timing import describe, epoch_timer, median_epoch, train_timing
+from classifier.training import distribute
+from classifier.training.backup import DEFAULT_DIR, Backup, resume, run_key
+from classifier.training.batches import load_images
+from classifier.training.best_epoch import best_epoch
+from classifier.training.callbacks import callback_state, early_stopping_for, restore_callback_state
+from classifier.core.errors import run
+from classifier.core.files import write_json
+from classifier.training.fit import fit
+from classifier.model.saving import load_model, save_model
+from classifier.core.params import load_params
+from classifier.model.runtime import configure_tensorflow, environment
+from classifier.training.schedules import use_learning_rate_schedule
+from classifier.training.timing import describe, epoch_timer, median_epoch, train_timing
 
 # oneDNN's allocator keeps every freed block in its own pool; the system allocator gives large blocks back
 # (~240 MB less peak memory on CIFAR-10). Read when TensorFlow loads: set before anything imports it.

@@ -38,7 +38,7 @@ def learnable_images(labels: np.ndarray, side: int = 32, seed: int = 0) -> np.nd
 
 def write_tiny_splits(folder: Path, seed: int) -> Path:
     """90 training and 30 validation learnable images of 3 classes (batch 16 leaves a partial last batch)."""
-    from classifier.splits import save_split
+    from classifier.data.splits import save_split
 
     labels = np.arange(120) % 3
     images = learnable_images(labels, seed=seed)
@@ -50,7 +50,7 @@ def write_tiny_splits(folder: Path, seed: int) -> Path:
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """90 training images (batch 16 leaves a partial last batch) and 30 validation images, 3 classes."""
-    from classifier.files import write_json
+    from classifier.core.files import write_json
 
     folder = write_tiny_splits(tmp_path_factory.mktemp("prepared"), seed=1)
     write_json(folder / "classes.json", ["a", "b", "c"])
@@ -59,7 +59,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def build_tiny_model(hidden_units: list[int], **options: Any) -> Any:
     """An MLP on 8 x 8 images of 3 classes, compiled with adam (seed TensorFlow first)."""
-    from classifier.model import build_model, compile_model
+    from classifier.model.build import build_model, compile_model
 
     model = build_model(8, 3, hidden_units, "relu", **options)
     compile_model(model, "adam", 0.001, "categorical_crossentropy")
@@ -160,10 +160,10 @@ def binary_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A compiled tiny model and train/validation splits, as build_and_compile and preprocess make them."""
-    from classifier.model import build_model, compile_model
-    from classifier.splits import save_split
-    from classifier.model_files import save_model
-    from classifier.runtime import configure_tensorflow
+    from classifier.model.build import build_model, compile_model
+    from classifier.data.splits import save_split
+    from classifier.model.saving import save_model
+    from classifier.model.runtime import configure_tensorflow
 
     root = tmp_path_factory.mktemp("inputs")
     rng = np.random.default_rng(1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import make_project, set_params, sh
 
-from classifier.litert import read_labels
+from classifier.export.litert import read_labels
 
 pytestmark = pytest.mark.e2e
 

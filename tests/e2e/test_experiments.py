@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import make_project, sh
 
-from classifier.files import atomic_path
+from classifier.core.files import atomic_path
 
 GRID = {(16, 0.001), (16, 0.01), (32, 0.001), (32, 0.01)}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from classifier.backup import damage
+from classifier.training.backup import damage
 from conftest import PROJECT, tool_env
 
 pytestmark = pytest.mark.e2e

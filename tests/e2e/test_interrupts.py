@@ -22,7 +22,7 @@ import psutil
 import pytest
 from PIL import Image
 
-from classifier.backup import DEFAULT_DIR
+from classifier.training.backup import DEFAULT_DIR
 from conftest import CLASSES, PROJECT, add_bytes, locked_outputs, make_project, sh, tool_env
 from local_http import Handler, file_server
 
@@ -260,14 +260,14 @@ def test_interrupted_stage_stops_cleanly_and_reruns_to_the_same_bytes(
     assert not (repo / DEFAULT_DIR).exists() or not any((repo / DEFAULT_DIR).iterdir()), "backup left behind"
 
 
-# The decoder of the preprocess stage on its own, under classifier.errors.run: its workers either wait for
+# The decoder of the preprocess stage on its own, under classifier.core.errors.run: its workers either wait for
 # the next chunk (the archive is read more slowly than they decode) or are busy with a ~15 s chunk.
 DECODER = """
 import io, sys, time
 import numpy as np
 from PIL import Image
-from classifier.errors import run
-from classifier.images import ImageDecoder
+from classifier.core.errors import run
+from classifier.data.images import ImageDecoder
 
 def main():
     busy = sys.argv[1] == "busy"

@@ -14,8 +14,8 @@ import pytest
 from conftest import MINI_JPG, make_project, set_params, sh
 from PIL import Image
 
-from classifier.files import read_json
-from classifier.splits import load_split
+from classifier.core.files import read_json
+from classifier.data.splits import load_split
 
 pytestmark = pytest.mark.e2e
 
@@ -109,18 +109,18 @@ def flagged_after_editing(repo: Path, code_file: str) -> set[str]:
 
 
 def test_editing_chart_code_flags_plot_alone(built: Path) -> None:
-    assert flagged_after_editing(built, "classifier/charts.py") == {"plot"}
+    assert flagged_after_editing(built, "classifier/reporting/charts.py") == {"plot"}
 
 
 def test_editing_model_saving_code_never_flags_the_data_stages(built: Path) -> None:
-    flagged = flagged_after_editing(built, "classifier/model_files.py")
+    flagged = flagged_after_editing(built, "classifier/model/saving.py")
     assert flagged == {"build_and_compile", "train", "evaluate", "export"}
     assert not flagged & {"download", "preprocess"}
 
 
 def test_editing_the_shared_error_code_flags_every_stage(built: Path) -> None:
     # The other side of the same promise: a file every stage imports reruns them all.
-    assert flagged_after_editing(built, "classifier/errors.py") == set(STAGES)
+    assert flagged_after_editing(built, "classifier/core/errors.py") == set(STAGES)
 
 
 def test_plots_show_writes_its_page(built: Path) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import CLASSES, PROJECT, assert_png, make_project, sh
 
-from classifier.splits import load_split
+from classifier.data.splits import load_split
 
 pytestmark = pytest.mark.e2e
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from classifier.backup import DEFAULT_DIR
-from classifier.model_files import load_model
+from classifier.training.backup import DEFAULT_DIR
+from classifier.model.saving import load_model
 from conftest import PROJECT, make_project, sh, tool_env
 
 EPOCHS = 2
@@ -34,7 +34,7 @@ import sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from classifier.errors import run
+from classifier.core.errors import run
 from stages import train
 sys.argv = ["train", *sys.argv[1:]]
 run(train.main)

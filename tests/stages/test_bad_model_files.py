@@ -71,10 +71,10 @@ def template(tmp_path_factory) -> Path:
     """A workspace: params.yaml, every input the three commands read, evil.py and the bad model files."""
     import keras
 
-    from classifier.model import build_model, compile_model
-    from classifier.model_files import save_model
-    from classifier.runtime import configure_tensorflow
-    from classifier.splits import save_split
+    from classifier.model.build import build_model, compile_model
+    from classifier.model.saving import save_model
+    from classifier.model.runtime import configure_tensorflow
+    from classifier.data.splits import save_split
 
     root = tmp_path_factory.mktemp("bad_models")
     shutil.copy(PROJECT / "params.yaml", root / "params.yaml")

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from conftest import PROJECT, tool_env
 
-from classifier.errors import StageError
-from classifier.params import validate_params
-from classifier.splits import save_split
+from classifier.core.errors import StageError
+from classifier.core.params import validate_params
+from classifier.data.splits import save_split
 
 LABELS = np.array([0, 0, 1, 2, 2])
 

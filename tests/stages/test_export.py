@@ -25,7 +25,7 @@ def run_stage(workspace: Path, out: str, metrics: str, prelude: str = "") -> sub
     if prelude:
         code = (
             f"{prelude}\nimport sys\nsys.argv = ['export', *{args!r}]\n"
-            "from classifier.errors import run\nfrom stages.export import main\nrun(main)\n"
+            "from classifier.core.errors import run\nfrom stages.export import main\nrun(main)\n"
         )
         command = [sys.executable, "-c", code]
     else:
@@ -40,11 +40,11 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     stage has run once into models/export and metrics/export."""
     import keras
 
-    from classifier.files import write_json
-    from classifier.model import build_model, compile_model
-    from classifier.model_files import save_model
-    from classifier.runtime import configure_tensorflow
-    from classifier.splits import save_split
+    from classifier.core.files import write_json
+    from classifier.model.build import build_model, compile_model
+    from classifier.model.saving import save_model
+    from classifier.model.runtime import configure_tensorflow
+    from classifier.data.splits import save_split
 
     root = tmp_path_factory.mktemp("export_stage")
     (root / "params.yaml").write_text((PROJECT / "params.yaml").read_text())
@@ -132,18 +132,18 @@ def test_a_float_format_that_disagrees_fails_with_one_line(workspace: Path) -> N
     # the real check fails.
     prelude = (
         "from pathlib import Path\n"
-        "import classifier.export, classifier.exported\n"
+        "import classifier.export.formats, classifier.export.exported\n"
         "names = {'saved_model': 'saved_model', 'litert_float32': 'model_float32.tflite',\n"
         "         'litert_int8': 'model_int8.tflite', 'onnx': 'model.onnx'}\n"
-        "classifier.export.export_all = lambda *a: {k: Path('models/export') / v for k, v in names.items()}\n"
-        "load = classifier.exported.load_predictor\n"
+        "classifier.export.formats.export_all = lambda *a: {k: Path('models/export') / v for k, v in names.items()}\n"
+        "load = classifier.export.exported.load_predictor\n"
         "def reversed_saved_model(path, threads=None):\n"
         "    predictor = load(path, threads)\n"
         "    if predictor.format == 'saved_model':\n"
         "        run = predictor._run\n"
         "        predictor._run = lambda images: run(images)[:, ::-1]\n"
         "    return predictor\n"
-        "classifier.exported.load_predictor = reversed_saved_model\n"
+        "classifier.export.exported.load_predictor = reversed_saved_model\n"
     )
     result = run_stage(workspace, "models/export", "metrics/failed", prelude)
     assert result.returncode == 1, result.stderr[-3000:]

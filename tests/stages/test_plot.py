@@ -12,7 +12,7 @@ import yaml
 from conftest import PROJECT, assert_png, tool_env, write_history
 from PIL import Image
 
-from classifier.splits import save_split
+from classifier.data.splits import save_split
 
 HISTORY = {
     "train": {"loss": [2.0, 1.4, 1.1, 0.9], "accuracy": [0.3, 0.5, 0.6, 0.7]},

@@ -20,7 +20,7 @@ from conftest import (
     sh,
 )  # fmt: skip
 
-from classifier.splits import load_split
+from classifier.data.splits import load_split
 
 
 def run_stage(workdir: Path, raw: Path, overrides: dict | None = None) -> subprocess.CompletedProcess:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from classifier.errors import StageError
-from classifier.runtime import cpu_facts
+from classifier.core.errors import StageError
+from classifier.model.runtime import cpu_facts
 from conftest import PROJECT, tool_env
 
 
@@ -84,14 +84,14 @@ def assert_best_epoch_is_the_historys_best(metrics: Path, stdout: str, epochs_pr
 
 KILLED_AFTER_EPOCH_2 = """
 import os, sys
-from classifier import backup
+from classifier.training import backup
 save = backup.Backup.save
 def save_then_die(self, model, epoch, *args, **kwargs):
     save(self, model, epoch, *args, **kwargs)
     if epoch == 2:
         os._exit(9)  # as if killed right after the backup of epoch 2
 backup.Backup.save = save_then_die
-from classifier.errors import run
+from classifier.core.errors import run
 from stages import train
 sys.argv = ["train", *sys.argv[1:]]
 run(train.main)
@@ -166,7 +166,7 @@ def test_cpu_facts_tell_cpu_generations_and_instruction_sets_apart() -> None:
 def test_params_that_do_not_go_together_are_refused(overrides: dict, message: str) -> None:
     import yaml
 
-    from classifier.params import check_combinations, validate_params
+    from classifier.core.params import check_combinations, validate_params
 
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     for group, values in overrides.items():

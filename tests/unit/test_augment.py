@@ -1,4 +1,4 @@
-"""classifier/augment.py: mirroring and shifting training batches, from a key alone."""
+"""classifier/training/augment.py: mirroring and shifting training batches, from a key alone."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def batch(count: int = 16, side: int = 8) -> np.ndarray:
 def augmented(images: np.ndarray, key: tuple[int, int], crop_padding: int, flip: bool) -> np.ndarray:
     import tensorflow as tf
 
-    from classifier.augment import augment
+    from classifier.training.augment import augment
 
     return augment(tf.constant(images), tf.constant(key, tf.int64), crop_padding, flip).numpy()
 
@@ -50,6 +50,6 @@ def test_augmentation_depends_only_on_its_key() -> None:
 
 
 def test_augmentation_off_builds_no_augmenter() -> None:
-    from classifier.augment import augmenter
+    from classifier.training.augment import augmenter
 
     assert augmenter({"flip": False, "crop_padding": 0}, 1, None) is None

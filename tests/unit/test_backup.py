@@ -1,4 +1,4 @@
-"""classifier/backup.py and batches.py: what a resume relies on: backups kept and forgotten, run keys, shuffle
+"""classifier/training/backup.py and batches.py: what a resume relies on: backups kept and forgotten, run keys, shuffle
 order from seed and epoch; backups checked against their manifest, a full disk one error."""
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classifier.backup import Backup, model_variables, resume, run_key
-from classifier.files import DiskFull
-from classifier.model_files import load_model
+from classifier.training.backup import Backup, model_variables, resume, run_key
+from classifier.core.files import DiskFull
+from classifier.model.saving import load_model
 
 
 def test_shuffle_order_depends_only_on_seed_and_epoch() -> None:
     """What makes a resumed run see the batches an uninterrupted one would: no hidden iteration state."""
     import tensorflow as tf
 
-    from classifier.batches import index_batches
+    from classifier.training.batches import index_batches
 
     epoch = tf.Variable(0, dtype=tf.int64)
     batches = index_batches(10, 4, seed=7, epoch=epoch)
@@ -111,7 +111,7 @@ def warnings_in(stderr: str) -> list[str]:
 
 
 def test_the_manifest_is_written_last_and_lists_every_file(inputs: Path, tmp_path: Path, monkeypatch) -> None:
-    from classifier import backup as module
+    from classifier.training import backup as module
 
     events: list[str] = []
     write, fsync = module.write_flushed, module.fsync_path
@@ -237,7 +237,7 @@ def test_a_kill_while_an_old_backup_is_deleted_leaves_no_damaged_backup(
 def test_too_little_free_space_stops_before_writing_the_backup(
     inputs: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    from classifier import files
+    from classifier.core import files
 
     model, backup, metrics = two_backups(inputs, tmp_path)
     monkeypatch.setattr(files, "free_bytes", lambda path: 1_000_000)
@@ -249,7 +249,7 @@ def test_too_little_free_space_stops_before_writing_the_backup(
 def test_a_disk_filling_up_during_the_backup_is_one_disk_full_error(
     inputs: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    from classifier import backup as module
+    from classifier.training import backup as module
 
     model, backup, metrics = two_backups(inputs, tmp_path)
     write = module.write_flushed
@@ -269,7 +269,7 @@ def test_a_real_full_disk_during_the_backup_is_one_disk_full_error(
     inputs: Path, tmp_path: Path, monkeypatch
 ) -> None:
     """On a 1 MB tmpfs, with the free-space check off: h5py never writes to the disk, so no segfault."""
-    from classifier import backup as module
+    from classifier.training import backup as module
 
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")

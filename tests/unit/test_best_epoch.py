@@ -1,4 +1,4 @@
-"""classifier/best_epoch.py: metrics/train/best.json from DVCLive's per-epoch TSVs."""
+"""classifier/training/best_epoch.py: metrics/train/best.json from DVCLive's per-epoch TSVs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from classifier.best_epoch import best_epoch
-from classifier.errors import StageError
+from classifier.training.best_epoch import best_epoch
+from classifier.core.errors import StageError
 from conftest import write_history
 
 HISTORY = {

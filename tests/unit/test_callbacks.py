@@ -1,4 +1,4 @@
-"""classifier/callbacks.py: early stopping keeps the best epoch and resumes its progress."""
+"""classifier/training/callbacks.py: early stopping keeps the best epoch and resumes its progress."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classifier.runtime import configure_tensorflow
+from classifier.model.runtime import configure_tensorflow
 from conftest import build_tiny_model as build
 
 
@@ -27,7 +27,7 @@ ACCURACIES = {0: 0.5, 1: 0.7, 2: 0.6, 3: 0.65, 4: 0.9}
 
 
 def test_early_stopping_stops_after_patience_and_keeps_the_best_epoch() -> None:
-    from classifier.callbacks import early_stopping
+    from classifier.training.callbacks import early_stopping
 
     assert early_stopping(None) is None
     model = build([4])
@@ -42,8 +42,8 @@ def test_early_stopping_stops_after_patience_and_keeps_the_best_epoch() -> None:
 
 def test_early_stopping_resumes_its_progress_from_a_backup(tmp_path: Path) -> None:
     """Interrupted after epoch 1, the resumed run still knows epoch 1 was best and stops after epoch 3."""
-    from classifier.backup import Backup
-    from classifier.callbacks import early_stopping
+    from classifier.training.backup import Backup
+    from classifier.training.callbacks import early_stopping
 
     model = build([4])
     first = early_stopping(2)
@@ -81,7 +81,7 @@ def noisy_cosine_curve(epochs: int = 100, seed: int = 4) -> dict[int, float]:
 
 def play(accuracies: dict[int, float], patience: int | None, **options):
     """A fresh stopper fed `accuracies` until it stops, and the model it trained (its weights put back)."""
-    from classifier.callbacks import early_stopping
+    from classifier.training.callbacks import early_stopping
 
     model = build([4])
     stopper = early_stopping(patience, **options)
@@ -148,7 +148,7 @@ def test_smoothing_waits_for_a_better_moving_average() -> None:
 
 
 def test_keep_best_keeps_the_best_weights_without_stopping() -> None:
-    from classifier.callbacks import early_stopping
+    from classifier.training.callbacks import early_stopping
 
     assert early_stopping(None, keep_best=False) is None
     stopper, model = play(noisy_cosine_curve(), None, keep_best=True)
@@ -160,7 +160,7 @@ def test_keep_best_keeps_the_best_weights_without_stopping() -> None:
 
 
 def test_the_params_set_the_options() -> None:
-    from classifier.callbacks import early_stopping_for, first_counted_epoch
+    from classifier.training.callbacks import early_stopping_for, first_counted_epoch
 
     assert first_counted_epoch(0.8, 100) == 80 and first_counted_epoch(0.29, 100) == 29
     assert first_counted_epoch(0.0, 7) == 0 and first_counted_epoch(0.5, 5) == 2
@@ -181,8 +181,8 @@ RESUMED_OPTIONS = {"start_epoch": 30, "min_delta": 0.003, "smoothing": 0.6}
 
 def test_the_new_options_resume_from_a_backup_and_stop_at_the_same_epoch(tmp_path: Path) -> None:
     """Interrupted after epoch 33, the resumed run carries on with the same average, reference and wait."""
-    from classifier.backup import Backup
-    from classifier.callbacks import early_stopping
+    from classifier.training.backup import Backup
+    from classifier.training.callbacks import early_stopping
 
     curve = noisy_cosine_curve()
     uninterrupted, model = play(curve, 4, **RESUMED_OPTIONS)

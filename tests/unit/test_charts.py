@@ -1,4 +1,4 @@
-"""classifier/charts.py: best epochs, the confusion rows read back, and the misclassified grid."""
+"""classifier/reporting/charts.py: best epochs, the confusion rows read back, and the misclassified grid."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from conftest import assert_png, write_history
 
-from classifier import charts
-from classifier.charts import most_confident_mistakes, plot_misclassified
-from classifier.errors import StageError
+from classifier.reporting import charts
+from classifier.reporting.charts import most_confident_mistakes, plot_misclassified
+from classifier.core.errors import StageError
 
 HISTORY = {
     "train": {"loss": [2.0, 1.4, 1.1, 0.9], "accuracy": [0.3, 0.5, 0.6, 0.7]},

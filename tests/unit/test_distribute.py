@@ -1,4 +1,4 @@
-"""classifier/distribute.py: TF_CONFIG checks and the worker index."""
+"""classifier/training/distribute.py: TF_CONFIG checks and the worker index."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from classifier import distribute
-from classifier.errors import StageError
+from classifier.training import distribute
+from classifier.core.errors import StageError
 
 
 @pytest.mark.parametrize(

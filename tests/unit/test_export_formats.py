@@ -1,4 +1,4 @@
-"""classifier/export.py, litert.py, exported.py, parity.py: every format of a tiny trained model matches it,
+"""classifier/export/formats.py, litert.py, exported.py, parity.py: every format of a tiny trained model matches it,
 the int8 model is integer through and through, exports are byte-identical run to run, bad export params and
 bad files are one-line errors."""
 
@@ -13,13 +13,13 @@ import pytest
 import yaml
 from conftest import PROJECT, learnable_images
 
-from classifier import litert
-from classifier.errors import StageError
-from classifier.export import LABELS, export_all
-from classifier.files import atomic_folder
-from classifier.exported import load_predictor
-from classifier.params import load_params
-from classifier.parity import check_float_agreement, parity
+from classifier.export import litert
+from classifier.core.errors import StageError
+from classifier.export.formats import LABELS, export_all
+from classifier.core.files import atomic_folder
+from classifier.export.exported import load_predictor
+from classifier.core.params import load_params
+from classifier.export.parity import check_float_agreement, parity
 
 CLASSES = ["airplane", "automobile", "bird"]
 FLOAT_FORMATS = ["saved_model", "litert_float32", "onnx"]
@@ -30,9 +30,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A 3-class MLP trained for 3 epochs on learnable images, saved as .keras and exported once."""
     import keras
 
-    from classifier.model import build_model, compile_model
-    from classifier.model_files import save_model
-    from classifier.runtime import configure_tensorflow
+    from classifier.model.build import build_model, compile_model
+    from classifier.model.saving import save_model
+    from classifier.model.runtime import configure_tensorflow
 
     root = tmp_path_factory.mktemp("export")
     configure_tensorflow(seed=7)  # no threads: TensorFlow may already run in this test process
@@ -156,7 +156,7 @@ def test_float_agreement_below_99_9_percent_is_one_line() -> None:
 
 
 def test_latency_is_measured_on_demand_for_any_model(tiny: dict, tmp_path: Path, monkeypatch, capsys) -> None:
-    from classifier import parity
+    from classifier.export import parity
 
     models = [str(tiny["root"] / "model.keras"), *map(str, tiny["paths"].values())]
     out = tmp_path / "latency.json"

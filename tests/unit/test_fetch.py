@@ -1,4 +1,4 @@
-"""classifier.fetch: local files and folders, HTTP with timeouts, retries and resume, checksums."""
+"""classifier.data.fetch: local files and folders, HTTP with timeouts, retries and resume, checksums."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from local_http import FileServer, file_server, refused_url, self_signed_tls, unanswered_url
 
-from classifier.errors import StageError
-from classifier.fetch import CHUNK, HttpDownload, Network, fetch, pack_directory
+from classifier.core.errors import StageError
+from classifier.data.fetch import CHUNK, HttpDownload, Network, fetch, pack_directory
 
 # Short waits so that timeouts and retries cost tests well under a second each.
 FAST = Network(connect_timeout=0.5, read_timeout=0.5, retries=2, retry_delay=0.01)
@@ -114,7 +114,7 @@ def test_dropped_connection_is_resumed_with_a_range_request(server: FileServer, 
 
 
 def test_range_ignored_by_server_gives_the_right_bytes(tmp_path: Path):
-    from classifier.fetch import HttpDownload
+    from classifier.data.fetch import HttpDownload
 
     with file_server() as server:
         server.files["data.tar.gz"] = PAYLOAD

@@ -1,4 +1,4 @@
-"""classifier/fit.py with batches.py: identical weights run to run, execution knobs that change speed only, every option beyond the recipe on tiny data, and an exact resume."""
+"""classifier/training/fit.py with batches.py: identical weights run to run, execution knobs that change speed only, every option beyond the recipe on tiny data, and an exact resume."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from conftest import PROJECT, tool_env
 # prints a hash of the trained weights, the last epoch's logs and whether XLA was used.
 FIT_SCRIPT = """
 import hashlib, json, sys
-from classifier.batches import load_images
-from classifier.fit import fit
-from classifier.model import build_model, compile_model
-from classifier.runtime import configure_tensorflow
+from classifier.training.batches import load_images
+from classifier.training.fit import fit
+from classifier.model.build import build_model, compile_model
+from classifier.model.runtime import configure_tensorflow
 
 data, settings, strategy = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 configure_tensorflow(seed=7, threads=settings.pop("threads"))

@@ -1,4 +1,4 @@
-"""classifier/fit.py with the options beyond the recipe (schedule, early stopping, augmentation, dropout), each on tiny data: identical run to run, validation unaugmented, resumed exactly."""
+"""classifier/training/fit.py with the options beyond the recipe (schedule, early stopping, augmentation, dropout), each on tiny data: identical run to run, validation unaugmented, resumed exactly."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from classifier.model_files import save_model
+from classifier.model.saving import save_model
 from conftest import PROJECT, tool_env, write_tiny_splits
 
 FIT_SCRIPT = """
@@ -17,13 +17,13 @@ import hashlib, json, sys
 from pathlib import Path
 import keras
 import numpy as np
-from classifier.backup import Backup
-from classifier.batches import load_images
-from classifier.callbacks import callback_state, early_stopping_for, restore_callback_state
-from classifier.fit import fit
-from classifier.model_files import load_model
-from classifier.runtime import configure_tensorflow
-from classifier.schedules import use_learning_rate_schedule
+from classifier.training.backup import Backup
+from classifier.training.batches import load_images
+from classifier.training.callbacks import callback_state, early_stopping_for, restore_callback_state
+from classifier.training.fit import fit
+from classifier.model.saving import load_model
+from classifier.model.runtime import configure_tensorflow
+from classifier.training.schedules import use_learning_rate_schedule
 
 data, settings, stop_after = Path(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
 configure_tensorflow(seed=7, threads=1)
@@ -61,7 +61,7 @@ SETTINGS = {
 @pytest.fixture(scope="module")
 def recipe_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny splits and a compiled model using every new model param."""
-    from classifier.model import build_model, compile_model
+    from classifier.model.build import build_model, compile_model
 
     folder = write_tiny_splits(tmp_path_factory.mktemp("recipe"), seed=2)
     model = build_model(32, 3, [32, 32], "relu", normalization="batch", dropout=0.2, residual=True, seed=7)

@@ -1,4 +1,4 @@
-"""classifier/images.py: decoding any image file to RGB size x size, fitting, bad files, the parallel decoder."""
+"""classifier/data/images.py: decoding any image file to RGB size x size, fitting, bad files, the parallel decoder."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from conftest import encode
 from PIL import Image
 
-from classifier.errors import StageError
-from classifier.images import ImageDecoder, decode_image, decode_images, fit_image
+from classifier.core.errors import StageError
+from classifier.data.images import ImageDecoder, decode_image, decode_images, fit_image
 
 
 def solid(mode: str, colour, size=(40, 30)) -> Image.Image:

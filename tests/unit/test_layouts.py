@@ -1,4 +1,4 @@
-"""classifier/layouts.py and the layouts it finds (cifar_binary.py, image_folder.py, archives.py, dataset.py): every layout and container reads to the same dataset."""
+"""classifier/data/layouts.py and the layouts it finds (cifar_binary.py, image_folder.py, archives.py, dataset.py): every layout and container reads to the same dataset."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from conftest import (
 )  # fmt: skip
 from PIL import Image
 
-from classifier.archives import iter_members
-from classifier.dataset import Options
-from classifier.errors import StageError
-from classifier.images import ImageDecoder
-from classifier.layouts import read_dataset
+from classifier.data.archives import iter_members
+from classifier.data.dataset import Options
+from classifier.core.errors import StageError
+from classifier.data.images import ImageDecoder
+from classifier.data.layouts import read_dataset
 
 
 def test_skip_mode_drops_bad_files_and_reports_them():

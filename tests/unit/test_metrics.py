@@ -1,4 +1,4 @@
-"""classifier/metrics.py: the test-set numbers, checked against values worked out by hand on a tiny example."""
+"""classifier/reporting/metrics.py: the test-set numbers, checked against values worked out by hand on a tiny example."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from classifier.metrics import (
+from classifier.reporting.metrics import (
     compute_metrics,
     confusion_matrix,
     confusion_rows,

@@ -1,4 +1,4 @@
-"""classifier/model.py and model_files.py: defaults are the classic recipe, the options beyond it, and saved models that load back byte-identically."""
+"""classifier/model/build.py and model_files.py: defaults are the classic recipe, the options beyond it, and saved models that load back byte-identically."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import yaml
 from conftest import PROJECT
 
-from classifier.model import build_model, compile_model
-from classifier.model_files import load_model, save_model
-from classifier.runtime import configure_tensorflow
+from classifier.model.build import build_model, compile_model
+from classifier.model.saving import load_model, save_model
+from classifier.model.runtime import configure_tensorflow
 from conftest import build_tiny_model as build
 
 
@@ -120,7 +120,7 @@ def test_dropout_is_active_in_training_only() -> None:
 def build_everything(seed: int):
     import keras
 
-    from classifier.model import build_model, compile_model
+    from classifier.model.build import build_model, compile_model
 
     keras.backend.clear_session()  # as in a fresh process: layer and optimizer names count from 0 again
     configure_tensorflow(seed=seed)
@@ -145,7 +145,7 @@ def test_weight_decay_shrinks_weights_apart_from_the_gradient() -> None:
     """A zero loss gives zero gradients: only the decoupled decay moves the weights, by lr * decay."""
     import keras
 
-    from classifier.model import build_model, compile_model
+    from classifier.model.build import build_model, compile_model
 
     model = build_model(8, 3, [4], "relu")
     compile_model(model, "adam", 0.1, "categorical_crossentropy", weight_decay=0.5)
@@ -156,7 +156,7 @@ def test_weight_decay_shrinks_weights_apart_from_the_gradient() -> None:
 
 
 def test_label_smoothing_softens_the_targets() -> None:
-    from classifier.model import compile_model
+    from classifier.model.build import compile_model
 
     model = build([4])
     compile_model(model, "adam", 0.001, "categorical_crossentropy", label_smoothing=0.3)

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classifier.errors import StageError
+from classifier.core.errors import StageError
 from conftest import EVIL, MARKER, RUNS_CODE
-from classifier.model_files import _keras_load, load_model, save_model
+from classifier.model.saving import _keras_load, load_model, save_model
 
 EVIL_FUNCTION = {"module": "evil", "class_name": "function", "config": "payload", "registered_name": "payload"}
 
@@ -77,8 +77,8 @@ def folder(tmp_path_factory) -> Path:
     """good.keras, lambda.keras and evil.py; the working directory of every test below."""
     import keras
 
-    from classifier.model import build_model
-    from classifier.runtime import configure_tensorflow
+    from classifier.model.build import build_model
+    from classifier.model.runtime import configure_tensorflow
 
     root = tmp_path_factory.mktemp("models")
     configure_tensorflow(seed=0)
@@ -234,8 +234,8 @@ def test_the_lambda_file_does_run_code_when_safe_mode_is_off(folder, monkeypatch
 
 def test_a_model_with_every_option_of_the_recipe_loads(tmp_path):
     """No false alarm: normalisation, dropout, residuals, AdamW, label smoothing and a cosine schedule."""
-    from classifier.model import build_model, compile_model
-    from classifier.schedules import learning_rate_schedule
+    from classifier.model.build import build_model, compile_model
+    from classifier.training.schedules import learning_rate_schedule
 
     model = build_model(32, 3, [8, 8], "gelu", normalization="batch", dropout=0.1, residual=True, seed=1)
     compile_model(model, "adamw", 0.001, "categorical_crossentropy", weight_decay=0.01, label_smoothing=0.1)

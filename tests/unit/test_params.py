@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from conftest import PROJECT, make_project, sh, tool_env
-from classifier.errors import StageError
-from classifier.params import SCHEMA, _ParamsLoader, load_params
+from classifier.core.errors import StageError
+from classifier.core.params import SCHEMA, _ParamsLoader, load_params
 
 TRAIN_KEYS = ", ".join(SCHEMA["train"])
 
@@ -220,10 +220,10 @@ def run_python(*args: str) -> subprocess.CompletedProcess:
 
 def test_published_json_schema_is_the_models_schema() -> None:
     """params.schema.json is generated from the models (regenerate it as below, never edit it)."""
-    result = run_python("-m", "classifier.params_schema")
+    result = run_python("-m", "classifier.core.params_schema")
     assert result.returncode == 0, result.stderr
     assert (PROJECT / "params.schema.json").read_text() == result.stdout, (
-        "params.schema.json is stale: python -m classifier.params_schema > params.schema.json"
+        "params.schema.json is stale: python -m classifier.core.params_schema > params.schema.json"
     )
     first_line = (PROJECT / "params.yaml").read_text().splitlines()[0]
     assert first_line == "# yaml-language-server: $schema=params.schema.json", "editors find the schema"
@@ -278,7 +278,7 @@ def test_json_schema_agrees_with_the_models(tmp_path: Path, change) -> None:
 
 def test_importing_params_does_not_import_tensorflow() -> None:
     """Stages check params.yaml before TensorFlow loads: the schema must not pull it in."""
-    code = "import json, sys, classifier.params; print(json.dumps(sorted(sys.modules)))"
+    code = "import json, sys, classifier.core.params; print(json.dumps(sorted(sys.modules)))"
     result = run_python("-c", code)
     assert result.returncode == 0, result.stderr
     imported = {name.split(".")[0] for name in json.loads(result.stdout)}

@@ -15,7 +15,7 @@ from conftest import MINI_JPG, PROJECT, tool_env
 from PIL import Image
 
 from classifier import predict
-from classifier.images import decode_image
+from classifier.data.images import decode_image
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # sys.modules[name] = None makes `import name` fail: predict must work where DVC is not installed.
@@ -28,9 +28,9 @@ WITHOUT_DVC = (
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """Laid out like the project after `dvc repro`: models/model.keras, data/prepared/classes.json."""
-    from classifier.model import build_model
-    from classifier.model_files import save_model
-    from classifier.runtime import configure_tensorflow
+    from classifier.model.build import build_model
+    from classifier.model.saving import save_model
+    from classifier.model.runtime import configure_tensorflow
 
     root = tmp_path_factory.mktemp("predict")
     configure_tensorflow(seed=0)
@@ -42,7 +42,7 @@ def project(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(project):
-    from classifier.model_files import load_model
+    from classifier.model.saving import load_model
 
     return load_model(project / "models" / "model.keras")
 
@@ -190,8 +190,8 @@ def test_missing_model_is_a_one_line_error(tmp_path, good):
 def test_real_jpegs_match_the_preprocessed_test_set(project, model, tmp_path):
     if not MINI_JPG.exists():
         pytest.skip(f"{MINI_JPG} not found")
-    from classifier.dataset import Options
-    from classifier.layouts import read_dataset
+    from classifier.data.dataset import Options
+    from classifier.data.layouts import read_dataset
 
     folder = tmp_path / "mini"
     with tarfile.open(MINI_JPG) as archive:
@@ -249,8 +249,8 @@ def test_classify_keeps_file_order_across_chunks(model, good, bad, monkeypatch):
 @pytest.fixture(scope="module")
 def exported(project) -> dict[str, Path]:
     """The project's model in every export format, as `dvc repro export` writes them."""
-    from classifier.export import export_all
-    from classifier.model_files import load_model
+    from classifier.export.formats import export_all
+    from classifier.model.saving import load_model
 
     model = load_model(project / "models" / "model.keras")
     calibration = np.random.default_rng(0).integers(0, 256, size=(20, 32, 32, 3), dtype=np.uint8)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from classifier.errors import StageError
-from classifier.params import load_params
+from classifier.core.errors import StageError
+from classifier.core.params import load_params
 from conftest import PROJECT, make_project, sh, tool_env
 
 sys.path.insert(0, str(PROJECT / "recipes"))

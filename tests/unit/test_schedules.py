@@ -1,4 +1,4 @@
-"""classifier/schedules.py: linear warm-up, then cosine decay to 0 at the last step."""
+"""classifier/training/schedules.py: linear warm-up, then cosine decay to 0 at the last step."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
-    from classifier.schedules import learning_rate_schedule
+    from classifier.training.schedules import learning_rate_schedule
 
     schedule = learning_rate_schedule(0.01, epochs=10, steps_per_epoch=100, warmup_epochs=2)
     rates = [float(schedule(step)) for step in range(0, 1001, 50)]

@@ -27,7 +27,7 @@ ZEN4 = ENVIRONMENT | {"cpu_family_model": "25/17", "widest_vectors": "AVX-512",
                       "instruction_sets": "sse4_2 avx fma avx2 avx512f avx512bw avx512vl avx512_vnni"}  # fmt: skip
 DEPS = {
     "stages/train.py": {"hash": "741fba8088784f85993ae532f092cade", "size": 4410, "nfiles": None},
-    "classifier/callbacks.py": {"hash": "cd0b5e723c836827777289e2881d1264", "size": 6108, "nfiles": None},
+    "classifier/training/callbacks.py": {"hash": "cd0b5e723c836827777289e2881d1264", "size": 6108, "nfiles": None},
     "data/prepared/train.npz": {"hash": "63e55c3be092439e5ea1fc0bad0ca55d", "size": 276794, "nfiles": None},
 }
 MISSING = {"type": "FileNotFoundError", "msg": "[Errno 2] No such file or directory: '{}'"}
@@ -138,7 +138,7 @@ def test_two_machines_or_two_versions_are_never_pooled() -> None:
 
 
 def test_other_code_is_another_group() -> None:
-    edited = DEPS | {"classifier/callbacks.py": {"hash": "0" * 32, "size": 6200, "nfiles": None}}
+    edited = DEPS | {"classifier/training/callbacks.py": {"hash": "0" * 32, "size": 6200, "nfiles": None}}
     data = DEPS | {"data/prepared/train.npz": {"hash": "1" * 32, "size": 276794, "nfiles": None}}
     shown = show(experiment("old", 1), experiment("new", 2, deps=edited), experiment("other-data", 3, deps=data))
     found = rows(run_report(shown))

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classifier.errors import StageError
-from classifier.splits import ALIGNMENT, load_split, save_split
+from classifier.core.errors import StageError
+from classifier.data.splits import ALIGNMENT, load_split, save_split
 from conftest import PROJECT, tool_env
 
 
@@ -52,7 +52,7 @@ def test_a_truncated_split_is_an_error_naming_the_file(tmp_path: Path) -> None:
 LOAD_SCRIPT = """
 import json, sys
 import numpy as np
-from classifier.batches import load_images
+from classifier.training.batches import load_images
 import tensorflow as tf
 
 def status_mb(field):

@@ -1,4 +1,4 @@
-"""classifier/timing.py: each epoch timed by a real Keras fit, the times carried in a backup's state, and
+"""classifier/training/timing.py: each epoch timed by a real Keras fit, the times carried in a backup's state, and
 the summary the train stage writes to metrics/timing/train.json."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from classifier.timing import STATE_KEY, describe, epoch_timer, median_epoch, train_timing
+from classifier.training.timing import STATE_KEY, describe, epoch_timer, median_epoch, train_timing
 from conftest import build_tiny_model
 
 

@@ -1,0 +1,71 @@
+"""What a user sees when something goes wrong: one line, no traceback, and an exit code that says why.
+
+- StageError, a problem the user can fix (bad param, bad input file): `error: <message>`, exit code 1;
+- a full disk anywhere: `error: <path>: the disk is full ...`, exit code 1 (nothing half-written stays:
+  every output is written through classifier.core.files.atomic_path);
+- Ctrl-C (SIGINT) or SIGTERM (sent by `timeout`, container stops, batch schedulers): `error: interrupted`,
+  exit code 130 or 143.
+"""
+
+from __future__ import annotations
+
+import errno
+import signal
+import sys
+from typing import Any, Callable
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class StageError(Exception):
+    """A problem the user can fix (bad param, bad input file); shown as one line, no traceback."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; `signal_number` says which."""
+
+    def __init__(self, signal_number: int = signal.SIGINT):
+        super().__init__()
+        self.signal_number = signal_number
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """True for 'no space left on device' (or over quota), however the library reports it: h5py, for
+    one, puts the errno only in its message."""
+    if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+        return True
+    text = str(error)
+    return "No space left on device" in text or "errno = 28" in text or "Disk quota exceeded" in text
+
+
+def disk_full_message(path: Any, needed: int | None = None, free: int | None = None) -> str:
+    """`<path>: the disk is full (...)`, with the size the write needed and what is free, where known."""
+    sizes = []
+    if needed is not None:
+        sizes.append(f"it needs {needed / 1e6:,.1f} MB")
+    if free is not None:
+        sizes.append(f"{free / 1e6:,.1f} MB free")
+    detail = f" ({', '.join(sizes)})" if sizes else ""
+    return f"{path}: the disk is full{detail}; free some space and run the command again"
+
+
+def _interrupt(signal_number: int, frame: Any) -> None:
+    raise Interrupted(signal_number)
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a stage's or command's main(), turning every failure a user can meet into one line."""
+    signal.signal(signal.SIGTERM, _interrupt)  # so SIGTERM cleans up as Ctrl-C does
+    try:
+        main()
+    except StageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt as error:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(128 + getattr(error, "signal_number", signal.SIGINT))
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        print(f"error: {disk_full_message(getattr(error, 'filename', None) or 'a file')}", file=sys.stderr)
+        sys.exit(1)

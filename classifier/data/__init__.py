@@ -1,0 +1,1 @@
+"""From a URL to .npz splits, without TensorFlow: download, safe archives, dataset layouts, image decoding."""

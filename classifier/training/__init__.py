@@ -1,0 +1,1 @@
+"""Training: batches and augmentation, schedules, callbacks, the loop, distribution, backups."""
