@@ -20,10 +20,9 @@ from typing import Any, BinaryIO
 
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
 from tqdm import tqdm
-from urllib3.connection import HTTPConnection, HTTPSConnection
 
+from classifier.compat import body_timeout_adapter
 from classifier.core.errors import StageError
 from classifier.core.files import atomic_path
 
@@ -90,7 +89,10 @@ class HttpDownload:
         self.url, self.tmp, self.network = url, tmp, network
         # ETag or Last-Modified of the first response: a resume must not splice two versions of the file.
         self.validator: str | None = None
-        self.session, adapter = requests.Session(), _Adapter(network.read_timeout)
+        # Times the headers and the body apart, and trusts the system's CA store and SSL_CERT_FILE as urllib did,
+        # besides requests' own certifi bundle.
+        self.session = requests.Session()
+        adapter = body_timeout_adapter(network.read_timeout, ssl.create_default_context())
         for prefix in ("http://", "https://"):
             self.session.mount(prefix, adapter)
 
@@ -118,7 +120,7 @@ class HttpDownload:
             headers["Range"] = f"bytes={offset}-"
             if self.validator:
                 headers["If-Range"] = self.validator
-        try:  # connect_timeout also covers the response headers; _Adapter gives the body read_timeout
+        try:  # connect_timeout also covers the response headers; the adapter gives the body read_timeout
             timeout = self.network.connect_timeout
             response = self.session.get(self.url, headers=headers, stream=True, timeout=timeout)
         except (OSError, ValueError, urllib3.exceptions.HTTPError) as error:  # requests' errors are OSErrors
@@ -183,42 +185,6 @@ class HttpDownload:
             waited = "no answer within" if doing == "connecting" else "no data for"
             return Transient(f"timed out {doing} ({waited} {seconds:g} s, download.{timeout})")
         return Transient(f"failed {doing} ({_describe(cause)})")
-
-
-class _Connection(HTTPConnection):
-    """Waits the request's timeout for the response headers, then body_timeout for each read of the body."""
-
-    def __init__(self, *args: Any, body_timeout: float, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.body_timeout = body_timeout
-
-    def getresponse(self) -> urllib3.HTTPResponse:
-        sock = self.sock  # http.client drops it if the server closes the connection after this response
-        response = super().getresponse()
-        sock.settimeout(self.body_timeout)
-        return response
-
-
-class _HTTPSConnection(_Connection, HTTPSConnection):
-    pass
-
-
-class _Adapter(HTTPAdapter):
-    """Times the headers and the body apart (requests' read timeout covers both), and trusts the
-    system's CA store and SSL_CERT_FILE as urllib did, besides requests' own certifi bundle."""
-
-    def __init__(self, read_timeout: float) -> None:
-        super().__init__()
-        self.read_timeout, self.ssl_context = read_timeout, ssl.create_default_context()
-
-    def get_connection_with_tls_context(self, *args: Any, **kwargs: Any) -> urllib3.HTTPConnectionPool:
-        pool = super().get_connection_with_tls_context(*args, **kwargs)
-        https = pool.scheme == "https"
-        pool.ConnectionCls = _HTTPSConnection if https else _Connection
-        pool.conn_kw["body_timeout"] = self.read_timeout
-        if https:
-            pool.conn_kw["ssl_context"] = self.ssl_context
-        return pool
 
 
 def _innermost(error: BaseException) -> BaseException:

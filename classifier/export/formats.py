@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from classifier.compat import saved_model_fingerprint
 from classifier.export import litert
 from classifier.core.files import atomic_folder, atomic_path, write_text
 
@@ -110,7 +111,6 @@ def _normalize(folder: Path) -> None:
     fingerprint with a UUID derived from its hashes (see the module docstring)."""
     from google.protobuf import text_format
     from tensorflow.core.protobuf import fingerprint_pb2, saved_model_pb2
-    from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
 
     path = folder / "saved_model.pb"
     proto = saved_model_pb2.SavedModel.FromString(path.read_bytes())
@@ -134,7 +134,7 @@ def _normalize(folder: Path) -> None:
             value.s = b"%d" % rank[int(value.s)]
     path.write_bytes(proto.SerializeToString(deterministic=True))
 
-    fingerprint = fingerprint_pb2.FingerprintDef.FromString(fingerprinting.CreateFingerprintDef(str(folder)))
+    fingerprint = fingerprint_pb2.FingerprintDef.FromString(saved_model_fingerprint(folder))
     fingerprint.uuid = ""
     digest = hashlib.sha256(fingerprint.SerializeToString(deterministic=True)).digest()
     fingerprint.uuid = str(int.from_bytes(digest[:16], "big"))  # TF writes a random 128-bit number here

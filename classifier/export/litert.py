@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from classifier.compat import litert_op_outputs
 from classifier.core.errors import StageError
 
 LABELS_METADATA = "labels"
@@ -178,7 +179,7 @@ def tensor_types(path: str | os.PathLike) -> dict[str, set[str]]:
     details = interpreter.get_tensor_details()
     inputs = {d["index"] for d in interpreter.get_input_details()}
     outputs = {d["index"] for d in interpreter.get_output_details()}
-    op_outputs = {i for op in interpreter._get_ops_details() for i in op["outputs"]}
+    op_outputs = litert_op_outputs(interpreter)
     kinds: dict[str, set[str]] = {"input": set(), "output": set(), "weights": set(), "activations": set()}
     for d in details:
         name = np.dtype(d["dtype"]).name

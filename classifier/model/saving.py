@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from classifier.compat import safe_mode_scope
 from classifier.core.errors import StageError, is_disk_full
 from classifier.core.files import FIXED_ZIP_DATE, atomic_path
 from classifier.model.checks import check_model_file, keras_failure
@@ -64,11 +65,10 @@ def load_model(path: str | os.PathLike) -> Any:
 
 def _keras_load(path: str | os.PathLike) -> Any:
     import keras
-    from keras.src.saving.serialization_lib import SafeModeScope
 
     try:
         # The scope too: `keras.config.enable_unsafe_deserialization()` would override safe_mode=True.
-        with SafeModeScope(True):
+        with safe_mode_scope():
             return keras.saving.load_model(path, safe_mode=True)
     except MemoryError:
         raise

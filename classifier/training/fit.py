@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from classifier.compat import force_jit_compile
 from classifier.training import distribute
 from classifier.training.augment import augmenter
 from classifier.training.batches import epoch_counter, gather, index_batches, to_targets
@@ -74,9 +75,8 @@ def fit(
             example=(train[0][:1], train_targets[:1]),
         )
     # Execution knobs, not part of the saved model: they change speed (XLA also the rounding), not the math.
-    # Keras refuses XLA whenever TF op determinism is on, because some XLA *GPU* kernels are not
-    # deterministic; on the CPU the XLA step gives identical weights run to run (tests/test_train.py).
-    model._jit_compile = use_xla(model, settings["jit_compile"])
+    # Keras' public setter refuses XLA whenever TF op determinism is on (classifier/compat.py).
+    force_jit_compile(model, use_xla(model, settings["jit_compile"]))
     model.steps_per_execution = settings["steps_per_execution"]
     return model.fit(
         gather(train_batches(), train[0], train_targets, augmentation),
