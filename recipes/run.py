@@ -1,8 +1,8 @@
 """Run a named recipe as a DVC experiment named after its file.
 
-    python recipes/run.py recipes/mlp-60.yaml                 # train it now (dvc exp run)
-    python recipes/run.py recipes/mlp-60.yaml --queue         # or queue it; any `dvc exp run` option works
-    python recipes/run.py recipes/mlp-60.yaml -S train.epochs=5   # your -S come last, so they win
+    python recipes/run.py recipes/better-mlp.yaml                 # train it now (dvc exp run)
+    python recipes/run.py recipes/better-mlp.yaml --queue         # or queue it; any `dvc exp run` option works
+    python recipes/run.py recipes/better-mlp.yaml -S train.epochs=5   # your -S come last, so they win
 
 A recipe file holds only the params it changes, nested as in params.yaml. They are checked against the
 params schema first (a typo fails here, not an hour into training), then passed on as
