@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from classifier.core.dotted_keys import flatten
+
 TEST = ("metrics/evaluate/metrics.json", ("accuracy",))
 BEST = ("metrics/train/best.json", ("best", "val_accuracy"))
 STEPS = ("metrics/train/metrics.json", ("step",))
@@ -60,13 +62,6 @@ class Group:
     environment: dict[str, Any]
     code: str
     runs: list[Run] = field(default_factory=list)
-
-
-def flatten(node: dict[str, Any], where: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        flat |= flatten(value, f"{where}{key}.") if isinstance(value, dict) else {f"{where}{key}": value}
-    return flat
 
 
 def metric(data: dict[str, Any], where: tuple[str, tuple[str, ...]]) -> Any:

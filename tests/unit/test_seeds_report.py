@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from classifier import seeds_report
+from classifier.core.dotted_keys import set_dotted
 from conftest import PROJECT
 
 PARAMS = yaml.safe_load((PROJECT / "params.yaml").read_text())
@@ -43,8 +44,7 @@ def experiment(name: str, seed: int, test: float | None = 0.5, best: float | Non
     """One entry of a commit's "experiments" list; `params` as dotted keys ('model.learning_rate')."""
     values = copy.deepcopy(PARAMS) | {"seed": seed}
     for dotted, value in params.items():
-        section, key = dotted.split(".")
-        values[section][key] = value
+        set_dotted(values, dotted, value)
     found = {
         "metrics/evaluate/metrics.json": None if test is None else {"accuracy": test, "loss": 1.0, "top_3_accuracy": 0.9},
         "metrics/train/best.json": None if best is None else {"best": {"accuracy": 0.7, "epoch": epochs, "loss": 0.8,
