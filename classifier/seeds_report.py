@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from classifier.core.dotted_keys import flatten
+from classifier.training.timing import describe
 
 TEST = ("metrics/evaluate/metrics.json", ("accuracy",))
 BEST = ("metrics/train/best.json", ("best", "val_accuracy"))
@@ -155,8 +156,7 @@ def duration(values: list[float | None]) -> str:
     known = [v for v in values if v is not None]
     if not known:
         return "n/a"
-    median = statistics.median(known)
-    text = f"{median:.1f} s" if median < 120 else f"{median / 60:.1f} min"
+    text = describe(statistics.median(known))
     return text if len(known) == len(values) else f"{text} ({len(known)} of {len(values)})"
 
 
