@@ -22,6 +22,7 @@ import pandas as pd  # noqa: E402
 from classifier.core.errors import StageError  # noqa: E402
 from classifier.core.files import atomic_path  # noqa: E402
 from classifier.reporting.history import History, best_epoch  # noqa: E402
+from classifier.reporting.metrics import per_class_recall  # noqa: E402
 
 
 def save_figure(figure: plt.Figure, out: Path, dpi: int) -> None:
@@ -83,16 +84,10 @@ def read_predictions(path: Path, classes: list[str]) -> tuple[np.ndarray, np.nda
     return actual, predicted, rows["confidence"].astype(float).to_numpy()
 
 
-def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
-    """Share of each class's images predicted right (its recall); 0 for a class with no images."""
-    totals = matrix.sum(axis=1)
-    return np.divide(np.diag(matrix), totals, out=np.zeros(len(matrix)), where=totals > 0)
-
-
 def plot_per_class_accuracy(
     matrix: np.ndarray, classes: list[str], out: Path, size: tuple[float, float], dpi: int
 ) -> None:
-    accuracy = per_class_accuracy(matrix)
+    accuracy = per_class_recall(matrix)
     overall = np.trace(matrix) / max(1, matrix.sum())
     figure, axes = plt.subplots(figsize=size)
     positions = np.arange(len(classes))
