@@ -32,6 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from classifier.core.dotted_keys import flatten
+from classifier.training.timing import describe
+
 TEST = ("metrics/evaluate/metrics.json", ("accuracy",))
 BEST = ("metrics/train/best.json", ("best", "val_accuracy"))
 STEPS = ("metrics/train/metrics.json", ("step",))
@@ -60,13 +63,6 @@ class Group:
     environment: dict[str, Any]
     code: str
     runs: list[Run] = field(default_factory=list)
-
-
-def flatten(node: dict[str, Any], where: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        flat |= flatten(value, f"{where}{key}.") if isinstance(value, dict) else {f"{where}{key}": value}
-    return flat
 
 
 def metric(data: dict[str, Any], where: tuple[str, tuple[str, ...]]) -> Any:
@@ -160,8 +156,7 @@ def duration(values: list[float | None]) -> str:
     known = [v for v in values if v is not None]
     if not known:
         return "n/a"
-    median = statistics.median(known)
-    text = f"{median:.1f} s" if median < 120 else f"{median / 60:.1f} min"
+    text = describe(statistics.median(known))
     return text if len(known) == len(values) else f"{text} ({len(known)} of {len(values)})"
 
 

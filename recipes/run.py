@@ -21,30 +21,16 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from classifier.core.dotted_keys import flatten, set_dotted  # noqa: E402
 from classifier.core.errors import StageError, run  # noqa: E402
 from classifier.core.params import check_combinations, load_params, validate_params  # noqa: E402
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'train': {'augment': {'flip': True}}} -> {'train.augment.flip': True}"""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def apply(params: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """A copy of `params` with the recipe's dotted keys set."""
     merged = json.loads(json.dumps(params))
     for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = merged
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+        set_dotted(merged, dotted, value)
     return merged
 
 

@@ -1,6 +1,7 @@
 """Stage 6: every PNG chart of the project, from what train and evaluate wrote (classifier/reporting/charts.py).
 
-- loss.png, accuracy.png: per epoch, training vs validation, the best validation epoch marked;
+- loss.png, accuracy.png: per epoch, training vs validation, the best epoch (as in metrics/train/best.json)
+  marked;
 - per_class_accuracy.png: the share of each class's test images classified right;
 - confusion.png: the test confusion matrix as a heat map;
 - misclassified.png: the `plot.misclassified` most confidently misclassified test images.
@@ -13,6 +14,8 @@ import argparse
 from pathlib import Path
 
 from classifier.reporting import charts
+from classifier.reporting.history import read_history
+from classifier.reporting.metrics import confusion_matrix
 from classifier.core.errors import StageError, run
 from classifier.core.files import read_json
 from classifier.core.params import load_params
@@ -29,12 +32,12 @@ def main() -> None:
     settings = load_params()["plot"]
     size, dpi = (settings["width"], settings["height"]), settings["dpi"]
 
+    history = read_history(args.metrics_dir)
     for metric in ("loss", "accuracy"):
-        history = charts.read_history(args.metrics_dir, metric)
         charts.plot_history(history, metric, args.out_dir / f"{metric}.png", size, dpi)
     classes = read_json(args.data_dir / "classes.json")
     actual, predicted, confidence = charts.read_predictions(args.confusion, classes)
-    matrix = charts.count_matrix(actual, predicted, len(classes))
+    matrix = confusion_matrix(actual, predicted, len(classes))
     charts.plot_per_class_accuracy(matrix, classes, args.out_dir / "per_class_accuracy.png", size, dpi)
     charts.plot_confusion(matrix, classes, args.out_dir / "confusion.png", size, dpi)
     images, _ = load_split(args.data_dir / "test.npz")

@@ -26,7 +26,7 @@ from pathlib import Path
 from classifier.training import distribute
 from classifier.training.backup import DEFAULT_DIR, Backup, resume, run_key
 from classifier.training.batches import load_images
-from classifier.training.best_epoch import best_epoch
+from classifier.reporting.history import best_epoch, read_history
 from classifier.training.callbacks import callback_state, early_stopping_for, restore_callback_state
 from classifier.core.errors import run
 from classifier.core.files import write_json
@@ -85,7 +85,7 @@ def main() -> None:
             live.step = initial_epoch  # DVCLive's own resume would log the epoch after epoch 1 as step 0 again
             callbacks.insert(0, DVCLiveCallback(live=live))
             fit(model, train, validation, settings, seed, callbacks, verbose, strategy, initial_epoch)
-        write_json(metrics_dir / "best.json", {"best": best_epoch(metrics_dir)})  # of the whole run, resumed or not
+        write_json(metrics_dir / "best.json", {"best": best_epoch(read_history(metrics_dir))})  # of the whole run, resumed or not
         # Where this result came from, so that results from two machines are never mistaken for one.
         write_json(metrics_dir / "environment.json", {"environment": environment()})
         timing = train_timing(timer.seconds)

@@ -18,6 +18,8 @@ import pytest
 import yaml
 from PIL import Image
 
+from classifier.core.dotted_keys import set_dotted
+
 PROJECT = Path(__file__).resolve().parent.parent
 SHARED_DATA = PROJECT.parent / "shared" / "data"
 MINI_JPG = SHARED_DATA / "cifar10-jpg-mini.tar.gz"
@@ -206,11 +208,7 @@ def set_params(repo: Path, overrides: dict[str, Any]) -> None:
     path = repo / "params.yaml"
     params = yaml.safe_load(path.read_text())
     for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
+        set_dotted(params, dotted, value)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 

@@ -1,6 +1,6 @@
 """Every PNG chart of the project, drawn from the files train and evaluate write, byte-reproducibly.
 
-- learning curves: per epoch, training vs validation, the best validation epoch marked;
+- learning curves: per epoch, training vs validation, the best epoch (metrics/train/best.json's) marked;
 - per-class accuracy and the confusion matrix of the test set;
 - a grid of the most confidently misclassified test images.
 
@@ -21,10 +21,8 @@ import pandas as pd  # noqa: E402
 
 from classifier.core.errors import StageError  # noqa: E402
 from classifier.core.files import atomic_path  # noqa: E402
-
-SERIES = {"train": "training", "eval": "validation"}
-# Which validation value counts as the best epoch, per metric.
-BEST = {"loss": np.argmin, "accuracy": np.argmax}
+from classifier.reporting.history import History, best_epoch  # noqa: E402
+from classifier.reporting.metrics import per_class_recall  # noqa: E402
 
 
 def save_figure(figure: plt.Figure, out: Path, dpi: int) -> None:
@@ -41,41 +39,29 @@ def save_figure(figure: plt.Figure, out: Path, dpi: int) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_history(metrics_dir: Path, metric: str) -> dict[str, pd.DataFrame]:
-    """Per-epoch values DVCLive wrote: {'training': frame, 'validation': frame} with step, value."""
-    history = {}
-    for folder, label in SERIES.items():
-        path = metrics_dir / "plots" / "metrics" / folder / f"{metric}.tsv"
-        if not path.exists():
-            raise StageError(f"{path}: missing; run the train stage first")
-        history[label] = pd.read_csv(path, sep="\t")
-    return history
-
-
-def best_epoch(validation: pd.DataFrame, metric: str) -> tuple[int, float]:
-    """(1-based epoch, value) of the best validation value; the earliest one on ties."""
-    values = validation[metric].to_numpy()
-    index = int(BEST[metric](values))
-    return int(validation["step"].iloc[index]) + 1, float(values[index])
-
-
-def plot_history(
-    history: dict[str, pd.DataFrame], metric: str, out: Path, size: tuple[float, float], dpi: int
-) -> None:
+def learning_curve(history: History, metric: str, size: tuple[float, float]) -> plt.Figure:
+    """Training and validation `metric` per epoch, the best epoch (best.json's) starred on the validation
+    curve: one best epoch for both charts, the one whose weights keep_best keeps."""
     figure, axes = plt.subplots(figsize=size)
-    for label, frame in history.items():
-        axes.plot(frame["step"] + 1, frame[metric], marker="o", markersize=3, label=label)
-    epoch, value = best_epoch(history["validation"], metric)
+    for label, name in (("training", metric), ("validation", f"val_{metric}")):
+        epochs = [step + 1 for step in history[name]]
+        axes.plot(epochs, list(history[name].values()), marker="o", markersize=3, label=label)
+    best = best_epoch(history)
+    epoch, value = best["epoch"], best[f"val_{metric}"]
     axes.axvline(epoch, color="grey", linestyle=":", linewidth=1)
-    best = f"best validation: epoch {epoch} ({value:.4f})"
-    axes.plot([epoch], [value], marker="*", markersize=12, color="crimson", linestyle="none", label=best)
+    label = f"best epoch: {epoch} (highest validation accuracy); {metric} {value:.4f}"
+    axes.plot([epoch], [value], marker="*", markersize=12, color="crimson", linestyle="none", label=label)
     axes.set_xlabel("epoch")
     axes.set_ylabel(metric)
     axes.set_title(f"{metric} per epoch")
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    save_figure(figure, out, dpi)
+    return figure
+
+
+def plot_history(history: History, metric: str, out: Path, size: tuple[float, float], dpi: int) -> None:
+    save_figure(learning_curve(history, metric, size), out, dpi)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,23 +84,10 @@ def read_predictions(path: Path, classes: list[str]) -> tuple[np.ndarray, np.nda
     return actual, predicted, rows["confidence"].astype(float).to_numpy()
 
 
-def count_matrix(actual: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts [actual, predicted]."""
-    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(matrix, (actual, predicted), 1)
-    return matrix
-
-
-def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
-    """Share of each class's images predicted right (its recall); 0 for a class with no images."""
-    totals = matrix.sum(axis=1)
-    return np.divide(np.diag(matrix), totals, out=np.zeros(len(matrix)), where=totals > 0)
-
-
 def plot_per_class_accuracy(
     matrix: np.ndarray, classes: list[str], out: Path, size: tuple[float, float], dpi: int
 ) -> None:
-    accuracy = per_class_accuracy(matrix)
+    accuracy = per_class_recall(matrix)
     overall = np.trace(matrix) / max(1, matrix.sum())
     figure, axes = plt.subplots(figsize=size)
     positions = np.arange(len(classes))

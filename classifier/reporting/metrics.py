@@ -40,15 +40,20 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int
     return np.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a / b elementwise, 0 where b is 0 (as scikit-learn reports a 0/0 score)."""
+    return np.divide(a, b, out=np.zeros(len(a)), where=b > 0)
+
+
+def per_class_recall(matrix: np.ndarray) -> np.ndarray:
+    """Share of each class's images predicted right: its recall, the per-class accuracy chart's bars."""
+    return ratio(np.diag(matrix).astype(np.float64), matrix.sum(axis=1))
+
+
 def per_class_scores(matrix: np.ndarray, classes: list[str]) -> dict[str, dict[str, float]]:
     """Precision, recall and F1 per class; 0 where the fraction is 0/0 (as scikit-learn reports)."""
-
-    def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.divide(a, b, out=np.zeros(len(a)), where=b > 0)
-
-    hits = np.diag(matrix).astype(np.float64)
-    precision = ratio(hits, matrix.sum(axis=0))
-    recall = ratio(hits, matrix.sum(axis=1))
+    precision = ratio(np.diag(matrix).astype(np.float64), matrix.sum(axis=0))
+    recall = per_class_recall(matrix)
     f1 = ratio(2 * precision * recall, precision + recall)
     return {
         name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i])}
@@ -79,4 +84,3 @@ def confusion_rows(labels: np.ndarray, probabilities: np.ndarray, classes: list[
 
 def predict_probabilities(model: Any, images: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict(images, batch_size=BATCH_SIZE, verbose=0))
-

@@ -3,15 +3,19 @@
 They go to files of their own under metrics/timing/ (train.json is a top-level DVC metric, which
 `dvc exp show` and `python -m classifier.seeds_report` read), so that every other output, dvc.lock included, stays
 byte-identical run to run.
+
+Importing this module loads neither TensorFlow nor numpy (the Keras callback imports them when made):
+the seeds report formats its training times with `describe()` and stays a light command.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 STATE_KEY = "epoch_seconds"
 
@@ -20,6 +24,7 @@ def epoch_timer() -> Any:
     """A Keras callback that times each epoch: its batches, its validation and the callbacks listed
     before it. Its state() goes into every backup, so a resumed run still counts the epochs done before."""
     import keras
+    import numpy as np
 
     class EpochTimer(keras.callbacks.Callback):
         def __init__(self) -> None:
@@ -53,5 +58,5 @@ def median_epoch(seconds: list[float]) -> float:
 
 
 def describe(seconds: float) -> str:
-    """"42.0 s" under two minutes, "12.3 min" from there."""
+    """A duration as people read it: "42.0 s" under two minutes, "12.3 min" from there."""
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"

@@ -29,6 +29,8 @@ from conftest import CLASSES, PROJECT, cifar_binary_bytes, learnable_images
 from local_http import FileServer, file_server, refused_url
 from PIL import Image
 
+from classifier.core.dotted_keys import set_dotted
+
 RAW = "data/raw/dataset.archive"
 PAYLOAD = b"x" * 50_000
 # Short timeouts and one quick retry: every download case takes well under two seconds.
@@ -296,15 +298,6 @@ def snapshot(root: Path) -> dict[str, bytes | None]:
     }  # fmt: skip
 
 
-def set_dotted(params: dict, overrides: dict) -> None:
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-
-
 def test_corpus_is_large_enough():
     assert len(CASES) >= 15
 
@@ -316,9 +309,9 @@ def test_bad_input(name: str, server: FileServer, tmp_path: Path):
     for folder in ("data/raw", "data/prepared", "metrics", ".tmp"):
         (ws / folder).mkdir(parents=True)
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    set_dotted(params, {"download.url": str(ws / "unused.tar.gz"), "download.checksum": None})
-    set_dotted(params, case.make(ws, server.url))
-    set_dotted(params, case.params)
+    unused = {"download.url": str(ws / "unused.tar.gz"), "download.checksum": None}
+    for dotted, value in (unused | case.make(ws, server.url) | case.params).items():
+        set_dotted(params, dotted, value)
     (ws / "params.yaml").write_text(yaml.safe_dump(params))
     if case.stage == "download":
         args = [RAW]

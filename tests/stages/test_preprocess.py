@@ -20,17 +20,14 @@ from conftest import (
     sh,
 )  # fmt: skip
 
+from classifier.core.dotted_keys import set_dotted
 from classifier.data.splits import load_split
 
 
 def run_stage(workdir: Path, raw: Path, overrides: dict | None = None) -> subprocess.CompletedProcess:
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     for dotted, value in (overrides or {}).items():
-        *parents, leaf = dotted.split(".")
-        node = params
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
+        set_dotted(params, dotted, value)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     return subprocess.run(
         [sys.executable, "-m", "stages.preprocess", str(raw), "data/prepared", "metrics/preprocess.json"],

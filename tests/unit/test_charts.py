@@ -1,14 +1,17 @@
-"""classifier/reporting/charts.py: best epochs, the confusion rows read back, and the misclassified grid."""
+"""classifier/reporting/charts.py: the best epoch starred, the confusion rows read back, the mistakes grid."""
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from conftest import assert_png, write_history
 
+from classifier.core.errors import StageError
 from classifier.reporting import charts
 from classifier.reporting.charts import most_confident_mistakes, plot_misclassified
-from classifier.core.errors import StageError
+from classifier.reporting.history import best_epoch, read_history
+from classifier.reporting.metrics import confusion_matrix
 
 HISTORY = {
     "train": {"loss": [2.0, 1.4, 1.1, 0.9], "accuracy": [0.3, 0.5, 0.6, 0.7]},
@@ -16,16 +19,38 @@ HISTORY = {
 }
 
 
+def starred_point(history: dict, metric: str) -> tuple[float, float]:
+    """The (epoch, value) the learning curve marks with its star, read from the drawn figure."""
+    figure = charts.learning_curve(history, metric, (6, 4))
+    try:
+        [star] = [line for line in figure.axes[0].get_lines() if line.get_marker() == "*"]
+        [epoch], [value] = star.get_xdata(), star.get_ydata()
+        return float(epoch), float(value)
+    finally:
+        plt.close(figure)
+
+
 def test_best_epoch_is_the_first_best_validation_value(tmp_path):
-    history = {m: charts.read_history(write_history(tmp_path, HISTORY), m) for m in ("loss", "accuracy")}
-    # Validation loss 1.9, 1.5, 1.7, 1.5: lowest first at the 2nd epoch. Accuracy .3 .45 .45 .4: 2nd too.
-    assert charts.best_epoch(history["loss"]["validation"], "loss") == (2, 1.5)
-    assert charts.best_epoch(history["accuracy"]["validation"], "accuracy") == (2, 0.45)
+    history = read_history(write_history(tmp_path, HISTORY))
+    # Validation accuracy .3 .45 .45 .4: highest first at the 2nd epoch, where validation loss is 1.5.
+    assert starred_point(history, "loss") == (2, 1.5)
+    assert starred_point(history, "accuracy") == (2, 0.45)
 
 
-def test_missing_history_names_the_file(tmp_path):
-    with pytest.raises(StageError, match=r"eval/loss\.tsv: missing"):
-        charts.read_history(write_history(tmp_path, {"train": HISTORY["train"]}), "loss")
+# Lowest validation loss at the 2nd epoch, highest validation accuracy at the 3rd: they disagree.
+DISAGREEING = {
+    "train": {"loss": [2.0, 1.4, 1.1, 0.9], "accuracy": [0.3, 0.5, 0.6, 0.7]},
+    "eval": {"loss": [1.9, 1.2, 1.3, 1.6], "accuracy": [0.3, 0.45, 0.5, 0.48]},
+}
+
+
+def test_both_charts_mark_the_epoch_best_json_names(tmp_path):
+    history = read_history(write_history(tmp_path, DISAGREEING))
+    # What the train stage writes to metrics/train/best.json, and the epoch keep_best restores.
+    best = best_epoch(history)
+    assert best["epoch"] == 3, "the highest validation accuracy, not the lowest validation loss (epoch 2)"
+    assert starred_point(history, "loss") == (3, best["val_loss"]) == (3, 1.3)
+    assert starred_point(history, "accuracy") == (3, best["val_accuracy"]) == (3, 0.5)
 
 
 def test_confusion_matrix_from_csv_keeps_classes_json_order(tmp_path):
@@ -34,10 +59,8 @@ def test_confusion_matrix_from_csv_keeps_classes_json_order(tmp_path):
     csv.write_text("actual,predicted,confidence\n2,2,0.9\n2,10,0.8\n10,10,0.7\n10,10,0.6\n10,2,0.5\n")
     actual, predicted, confidence = charts.read_predictions(csv, ["2", "10", "unused"])
     assert confidence.tolist() == [0.9, 0.8, 0.7, 0.6, 0.5]
-    matrix = charts.count_matrix(actual, predicted, 3)
+    matrix = confusion_matrix(actual, predicted, 3)
     assert matrix.tolist() == [[1, 1, 0], [1, 2, 0], [0, 0, 0]]
-    # Per-class accuracy is the diagonal over the row: 1/2, 2/3, and 0 for a class with no images.
-    assert charts.per_class_accuracy(matrix) == pytest.approx([0.5, 2 / 3, 0.0])
 
 
 def test_confusion_with_an_unknown_class_is_a_one_line_error(tmp_path):

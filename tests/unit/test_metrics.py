@@ -12,6 +12,7 @@ from classifier.reporting.metrics import (
     confusion_matrix,
     confusion_rows,
     cross_entropy,
+    per_class_recall,
     per_class_scores,
     top_k_accuracy,
 )  # fmt: skip
@@ -83,6 +84,15 @@ def test_confusion_matrix_and_per_class_scores():
     assert scores.keys() == EXPECTED_PER_CLASS.keys()
     for name, expected in EXPECTED_PER_CLASS.items():
         assert scores[name] == pytest.approx(expected), name
+
+
+def test_per_class_accuracy_is_the_recall():
+    # Moved from test_charts.py: the per-class accuracy chart draws per_class_recall.
+    matrix = np.array([[1, 1, 0], [1, 2, 0], [0, 0, 0]])
+    # Per-class accuracy is the diagonal over the row: 1/2, 2/3, and 0 for a class with no images.
+    assert per_class_recall(matrix) == pytest.approx([0.5, 2 / 3, 0.0])
+    scores = per_class_scores(matrix, ["a", "b", "c"])
+    assert per_class_recall(matrix).tolist() == [score["recall"] for score in scores.values()]
 
 
 def test_confusion_rows_are_the_data_of_the_dvc_confusion_plot():

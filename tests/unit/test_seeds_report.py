@@ -7,6 +7,8 @@ import copy
 import hashlib
 import json
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 import yaml
 
 from classifier import seeds_report
+from classifier.core.dotted_keys import set_dotted
 from conftest import PROJECT
 
 PARAMS = yaml.safe_load((PROJECT / "params.yaml").read_text())
@@ -43,8 +46,7 @@ def experiment(name: str, seed: int, test: float | None = 0.5, best: float | Non
     """One entry of a commit's "experiments" list; `params` as dotted keys ('model.learning_rate')."""
     values = copy.deepcopy(PARAMS) | {"seed": seed}
     for dotted, value in params.items():
-        section, key = dotted.split(".")
-        values[section][key] = value
+        set_dotted(values, dotted, value)
     found = {
         "metrics/evaluate/metrics.json": None if test is None else {"accuracy": test, "loss": 1.0, "top_3_accuracy": 0.9},
         "metrics/train/best.json": None if best is None else {"best": {"accuracy": 0.7, "epoch": epochs, "loss": 0.8,
@@ -188,3 +190,15 @@ def test_command_reads_a_saved_json(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     seeds_report.main(["--json", str(saved)])
     [row] = rows(capsys.readouterr().out)
     assert row["seeds"] == "2 (1, 2)" and row["test accuracy"] == "0.6200 ± 0.0283" and row["train time"] == "n/a"
+
+
+def test_train_time_reads_as_the_train_stage_prints_it() -> None:
+    # One duration format (classifier/training/timing.py describe): seconds, then minutes from 120 s.
+    assert seeds_report.duration([30.0, 40.0, 50.0]) == "40.0 s"
+    assert seeds_report.duration([1938.0, None]) == "32.3 min (1 of 2)"
+
+
+def test_the_report_loads_neither_numpy_nor_tensorflow() -> None:
+    code = "import json, sys, classifier.seeds_report; print(json.dumps([m for m in sys.modules if '.' not in m]))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, check=True)
+    assert not {"numpy", "tensorflow", "keras", "pandas"} & set(json.loads(result.stdout)), result.stdout
