@@ -52,12 +52,12 @@ def main() -> None:
     parser.add_argument("--backup-dir", type=Path, default=DEFAULT_DIR, help=f"default {DEFAULT_DIR}")
     args = parser.parse_args()
     params = load_params()
-    settings, seed = params["train"], params["seed"]
-    worker = distribute.worker_index(settings["distribution"])
+    train_params, seed = params.train, params.seed
+    worker = distribute.worker_index(train_params.distribution)
     chief = worker == 0  # the only process that writes the model and the metrics
 
-    configure_tensorflow(seed=seed, threads=settings["threads"])
-    strategy = distribute.make_strategy(settings["distribution"], settings["batch_size"])
+    configure_tensorflow(seed=seed, threads=train_params.threads)
+    strategy = distribute.make_strategy(train_params.distribution, train_params.batch_size)
     from dvclive import Live
     from dvclive.keras import DVCLiveCallback
 
@@ -66,11 +66,11 @@ def main() -> None:
     inputs = [args.compiled_model, args.data_dir / "train.npz", args.data_dir / "validation.npz"]
     train = load_images(inputs[1])
     validation = load_images(inputs[2])
-    backup = Backup(args.backup_dir, run_key(params, inputs), worker)
+    backup = Backup(args.backup_dir, run_key(seed, train_params, inputs), worker)
     metrics_dir = args.metrics_dir if chief else None
-    use_learning_rate_schedule(model, settings, len(train[1]), distribute.replicas(strategy))
+    use_learning_rate_schedule(model, train_params, len(train[1]), distribute.replicas(strategy))
     initial_epoch, state = resume(backup, strategy, model, metrics_dir)
-    stopper, timer = early_stopping_for(settings), epoch_timer()
+    stopper, timer = early_stopping_for(train_params), epoch_timer()
     restore_callback_state(model, stopper, state, timer)
     # After DVCLive's callback has logged the epoch and early stopping has seen it, so that the backup
     # holds both (and the epoch's time).
@@ -84,7 +84,7 @@ def main() -> None:
         with Live(dir=str(metrics_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=resumed) as live:
             live.step = initial_epoch  # DVCLive's own resume would log the epoch after epoch 1 as step 0 again
             callbacks.insert(0, DVCLiveCallback(live=live))
-            fit(model, train, validation, settings, seed, callbacks, verbose, strategy, initial_epoch)
+            fit(model, train, validation, train_params, seed, callbacks, verbose, strategy, initial_epoch)
         write_json(metrics_dir / "best.json", {"best": best_epoch(metrics_dir)})  # of the whole run, resumed or not
         # Where this result came from, so that results from two machines are never mistaken for one.
         write_json(metrics_dir / "environment.json", {"environment": environment()})
@@ -97,7 +97,7 @@ def main() -> None:
         gc.collect()  # tf.data's functions hold them in reference cycles
         save_model(model, args.model)
     else:
-        fit(model, train, validation, settings, seed, callbacks, verbose, strategy, initial_epoch)
+        fit(model, train, validation, train_params, seed, callbacks, verbose, strategy, initial_epoch)
     backup.delete()
 
 
