@@ -11,7 +11,6 @@ from classifier.training import distribute
 from classifier.training.augment import augmenter
 from classifier.training.batches import epoch_counter, gather, index_batches, to_targets
 from classifier.training.callbacks import memory_release
-from classifier.training.schedules import use_learning_rate_schedule
 
 
 def use_xla(model: Any, requested: bool) -> bool:
@@ -40,7 +39,8 @@ def fit(
 ) -> Any:
     """Train `model` in place on (images, labels) splits with the `train:` params; returns the History.
 
-    Starts after `initial_epoch` completed epochs. Under a tf.distribute `strategy` (the model made in its
+    Starts after `initial_epoch` completed epochs. The optimizer's learning-rate schedule is set before,
+    once (classifier/training/job.py does it before loading a backup). Under a tf.distribute `strategy` (the model made in its
     scope) each replica trains on its slice of every batch; without one, Keras' model.fit does the work.
     """
     num_classes = model.output_shape[-1]
@@ -51,7 +51,6 @@ def fit(
     epoch, set_epoch = epoch_counter()
     callbacks = [set_epoch, *callbacks, memory_release(train.steps_per_execution)]
     augmentation = augmenter(train.augment, seed, epoch)
-    use_learning_rate_schedule(model, train, len(train_targets), replicas)
 
     def train_batches() -> Any:
         return index_batches(len(train_targets), train.batch_size, replicas, seed, epoch)
