@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import ast
 import copy
+import dataclasses
 import hashlib
 import json
 from collections.abc import Iterator
+from dataclasses import MISSING
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,8 @@ from conftest import PROJECT
 
 from classifier.core.params import SCHEMA, load_params, validate_params
 from classifier.core.params_schema import Params, Section
+from classifier.data.dataset import Options
+from classifier.data.fetch import Network
 from classifier.training.backup import run_key
 
 DEFAULTS = yaml.safe_load((PROJECT / "params.yaml").read_text())
@@ -128,6 +132,23 @@ def test_load_params_returns_the_typed_model(tmp_path: Path, monkeypatch: pytest
     assert isinstance(params, Params) and all(isinstance(section, Section) for section in sections)
     assert params.train.batch_size == DEFAULTS["train"]["batch_size"]
     assert params.preprocess.limits.max_members == DEFAULTS["preprocess"]["limits"]["max_members"]
+
+
+def schema_fields(model: type[Section], where: str = "") -> Iterator[tuple[str, object]]:
+    for name, field in model.model_fields.items():
+        yield f"{where}{name}", field
+        if isinstance(field.annotation, type) and issubclass(field.annotation, Section):
+            yield from schema_fields(field.annotation, f"{where}{name}.")
+
+
+def test_every_default_is_written_once_in_params_yaml() -> None:
+    """The schema requires every key (a default there would be a second copy of params.yaml's), and the
+    options the stages build from params take every value from them."""
+    assert [path for path, field in schema_fields(Params) if not field.is_required()] == []
+    with_defaults = [
+        f.name for kind in (Options, Network) for f in dataclasses.fields(kind) if f.default is not MISSING
+    ]
+    assert with_defaults == ["decoding"], "only what is not a param has a default"
 
 
 def as_written(params: dict) -> dict:
