@@ -15,6 +15,7 @@ by git).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import contextlib
 import io
 import json
@@ -33,8 +34,15 @@ from PIL import Image
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
+from classifier.core.params import load_params  # noqa: E402
 from classifier.data.dataset import Options  # noqa: E402
 from classifier.data.layouts import read_dataset  # noqa: E402
+
+
+def options(decoding: str = "processes") -> Options:
+    """The preprocess stage's options from params.yaml, decoding images the given way."""
+    params = load_params(PROJECT / "params.yaml")
+    return dataclasses.replace(Options.from_params(params.preprocess, params.seed), decoding=decoding)
 
 SHARED = PROJECT.parent / "shared"
 
@@ -91,9 +99,9 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "jpeg": compare(
             {
-                "processes (preprocess)": (read_dataset, args.jpg, Options(decoding="processes")),
-                "threads": (read_dataset, args.jpg, Options(decoding="threads")),
-                "serial": (read_dataset, args.jpg, Options(decoding="serial")),
+                "processes (preprocess)": (read_dataset, args.jpg, options("processes")),
+                "threads": (read_dataset, args.jpg, options("threads")),
+                "serial": (read_dataset, args.jpg, options("serial")),
                 "plain Pillow loop": (pillow_loop, args.jpg),
             },
             args.repeat,
@@ -108,7 +116,7 @@ def main() -> None:
                 tool = SHARED / "tools" / "jpg_to_cifar_binary.py"
                 subprocess.run([sys.executable, str(tool), str(args.jpg), str(binary)], check=True)
             print(f"binary archive {binary.name}:")
-            results["binary"] = compare({"preprocess": (read_dataset, binary, Options())}, args.repeat)
+            results["binary"] = compare({"preprocess": (read_dataset, binary, options())}, args.repeat)
 
     print("\nmedian and best:")
     for layout in ("jpeg", "binary"):

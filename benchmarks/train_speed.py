@@ -13,6 +13,7 @@ Both use the same seed, thread count and op determinism (classifier.model.runtim
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -53,7 +54,8 @@ def prepare_real(archive: Path, seed: int) -> Path:
 
     folder = CACHE / f"data-{archive.name}-{archive.stat().st_size}"
     if not (folder / "validation.npz").exists():
-        dataset = read_dataset(archive, Options(image_size=32, seed=seed))
+        defaults = Options.from_params(load_params(PROJECT / "params.yaml").preprocess, seed)
+        dataset = read_dataset(archive, dataclasses.replace(defaults, image_size=32))
         train, validation = split_validation(dataset.train_images, dataset.train_labels, 0.1, seed)
         save_split(folder / "train.npz", *train)
         save_split(folder / "validation.npz", *validation)
@@ -155,6 +157,7 @@ def run_stage(data: Path, params: dict[str, Any], epochs: int) -> dict[str, Any]
     from classifier.model.build import build_model, compile_model
     from classifier.model.runtime import configure_tensorflow
     from classifier.training.batches import load_images
+    from classifier.core.params_schema import TrainParams
     from classifier.training.fit import fit
 
     configure_tensorflow(seed=params["seed"], threads=params["train"]["threads"])
@@ -178,7 +181,7 @@ def run_stage(data: Path, params: dict[str, Any], epochs: int) -> dict[str, Any]
             model,
             train,
             validation,
-            {**params["train"], "epochs": epochs},
+            TrainParams.model_validate({**params["train"], "epochs": epochs}),
             params["seed"],
             [timer, DVCLiveCallback(live=live)],
             verbose=0,
@@ -418,7 +421,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    params = load_params(PROJECT / "params.yaml")
+    params = load_params(PROJECT / "params.yaml").model_dump()  # as the file has them, edited by --set
     for override in args.set:
         key, _, value = override.partition("=")
         if key not in params["train"]:

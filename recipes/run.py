@@ -43,10 +43,9 @@ def read_recipe(path: Path) -> dict[str, Any]:
     if not isinstance(recipe, dict) or not recipe:
         raise StageError(f"{path}: expected a mapping of params to change, as in params.yaml; got {recipe!r}")
     overrides = flatten(recipe)
-    merged = apply(load_params(), overrides)
+    merged = apply(load_params().model_dump(), overrides)
     try:
-        validate_params(merged)
-        check_combinations(merged)
+        check_combinations(validate_params(merged))
     except StageError as error:
         raise StageError(f"{path}: {error}".replace("params.yaml: ", "")) from None
     return overrides

@@ -8,22 +8,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from classifier.core.errors import run
 from classifier.core.files import read_json, write_text
-from classifier.model.build import build_model, compile_model, summarize
-from classifier.model.saving import save_model
 from classifier.core.params import load_params
+from classifier.model.build import build_model, compile_model, summarize
 from classifier.model.runtime import configure_tensorflow
-
-# Which model.* params go to building the network, and which to compiling it.
-ARCHITECTURE = ("hidden_units", "activation", "normalization", "dropout", "residual")
-TRAINING = ("optimizer", "learning_rate", "loss", "weight_decay", "label_smoothing")
-
-
-def pick(settings: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    return {key: settings[key] for key in keys}
+from classifier.model.saving import save_model
 
 
 def main() -> None:
@@ -33,12 +24,28 @@ def main() -> None:
     parser.add_argument("summary", type=Path, help="where to write the model summary text")
     args = parser.parse_args()
     params = load_params()
-    settings = params["model"]
+    model_params = params.model  # `model` is the Keras model below
 
-    configure_tensorflow(seed=params["seed"])
-    image_size, num_classes = params["preprocess"]["image_size"], len(read_json(args.classes))
-    model = build_model(image_size, num_classes, **pick(settings, ARCHITECTURE), seed=params["seed"])
-    compile_model(model, **pick(settings, TRAINING))
+    configure_tensorflow(seed=params.seed)
+    image_size, num_classes = params.preprocess.image_size, len(read_json(args.classes))
+    model = build_model(
+        image_size,
+        num_classes,
+        model_params.hidden_units,
+        model_params.activation,
+        model_params.normalization,
+        model_params.dropout,
+        model_params.residual,
+        seed=params.seed,
+    )
+    compile_model(
+        model,
+        model_params.optimizer,
+        model_params.learning_rate,
+        model_params.loss,
+        model_params.weight_decay,
+        model_params.label_smoothing,
+    )
     save_model(model, args.model)
     write_text(args.summary, summarize(model))
     print(summarize(model), end="")

@@ -11,19 +11,19 @@ import argparse
 from pathlib import Path
 
 from classifier.core.errors import run
-from classifier.data.fetch import Network, fetch, file_digest
 from classifier.core.params import load_params
+from classifier.data.fetch import Network, fetch, file_digest
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", type=Path, help="the single file to write, e.g. data/raw/dataset.archive")
     args = parser.parse_args()
-    settings = load_params()["download"]
+    download = load_params().download
 
-    fetch(settings["url"], args.output, settings["checksum"], Network.from_params(settings))
-    print(f"download: {settings['url']} -> {args.output} ({args.output.stat().st_size:,} bytes)")
-    if settings["checksum"] is None:
+    fetch(download.url, args.output, download.checksum, Network.from_params(download))
+    print(f"download: {download.url} -> {args.output} ({args.output.stat().st_size:,} bytes)")
+    if download.checksum is None:
         digest = file_digest(args.output, "sha256")
         print(f"download: not verified; to pin this exact file set download.checksum: sha256:{digest}")
 

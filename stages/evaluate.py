@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from classifier.reporting import metrics
 from classifier.core.errors import StageError, run
 from classifier.core.files import read_json, write_json, write_text
-from classifier.model.saving import load_model
 from classifier.core.params import load_params
-from classifier.model.runtime import configure_tensorflow
 from classifier.data.splits import load_split
+from classifier.model.runtime import configure_tensorflow
+from classifier.model.saving import load_model
+from classifier.reporting import metrics
 
 
 def main() -> None:
@@ -29,13 +29,13 @@ def main() -> None:
     parser.add_argument("out_dir", type=Path, help="where metrics.json, per_class.json and confusion.csv go")
     args = parser.parse_args()
     params = load_params()
-    top_k = params["evaluate"]["top_k"]
+    top_k = params.evaluate.top_k
 
     images, labels = load_split(args.data_dir / "test.npz")
     classes = read_json(args.data_dir / "classes.json")
     if top_k > len(classes):
         raise StageError(f"params.yaml: evaluate.top_k = {top_k} is more than the {len(classes)} classes")
-    configure_tensorflow(threads=params["train"]["threads"])
+    configure_tensorflow(threads=params.train.threads)
     probabilities = metrics.predict_probabilities(load_model(args.model), images)
 
     scores = metrics.compute_metrics(probabilities, labels, top_k)

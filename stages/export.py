@@ -17,14 +17,14 @@ import argparse
 from pathlib import Path
 
 from classifier.core.errors import StageError, run
-from classifier.export.formats import export_all, folder_size
-from classifier.export.exported import load_predictor
 from classifier.core.files import read_json, write_json
-from classifier.export.litert import calibration_sample
 from classifier.core.params import load_params
+from classifier.data.splits import load_split
+from classifier.export.exported import load_predictor
+from classifier.export.formats import export_all, folder_size
+from classifier.export.litert import calibration_sample
 from classifier.export.parity import LATENCY_RUNS, check_float_agreement, median_latency_ms, parity
 from classifier.model.runtime import configure_tensorflow
-from classifier.data.splits import load_split
 
 
 def main() -> None:
@@ -36,16 +36,16 @@ def main() -> None:
     parser.add_argument("--timing", type=Path, help="where to write the latency of each format (a JSON metric)")
     args = parser.parse_args()
     params = load_params()
-    settings, threads = params["export"], params["train"]["threads"]  # threads: timings, LiteRT, ONNX
+    threads = params.train.threads  # for the timings, LiteRT and ONNX too
 
     classes = read_json(args.data_dir / "classes.json")
     test_images, test_labels = load_split(args.data_dir / "test.npz")
     if len(test_labels) == 0:
         raise StageError(f"{args.data_dir / 'test.npz'}: no test images to check the exports on")
     train_images, _ = load_split(args.data_dir / "train.npz")
-    calibration = calibration_sample(train_images, settings["calibration_images"], params["seed"])
+    calibration = calibration_sample(train_images, params.export.calibration_images, params.seed)
     del train_images
-    configure_tensorflow(seed=params["seed"], threads=threads)
+    configure_tensorflow(seed=params.seed, threads=threads)
     keras_model = load_predictor(args.model)
     if keras_model.num_classes != len(classes):
         raise StageError(

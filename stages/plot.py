@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from classifier.reporting import charts
 from classifier.reporting.history import read_history
 from classifier.reporting.metrics import confusion_matrix
 from classifier.core.errors import StageError, run
 from classifier.core.files import read_json
 from classifier.core.params import load_params
 from classifier.data.splits import load_split
+from classifier.reporting import charts
 
 
 def main() -> None:
@@ -29,8 +29,8 @@ def main() -> None:
     parser.add_argument("data_dir", type=Path, help="directory with test.npz and classes.json")
     parser.add_argument("out_dir", type=Path, help="where the PNG charts go")
     args = parser.parse_args()
-    settings = load_params()["plot"]
-    size, dpi = (settings["width"], settings["height"]), settings["dpi"]
+    plot = load_params().plot
+    size, dpi = (plot.width, plot.height), plot.dpi
 
     history = read_history(args.metrics_dir)
     for metric in ("loss", "accuracy"):
@@ -43,7 +43,7 @@ def main() -> None:
     images, _ = load_split(args.data_dir / "test.npz")
     if len(images) != len(actual):
         raise StageError(f"{args.confusion}: {len(actual)} rows for {len(images)} test images; rerun evaluate")
-    count, out = settings["misclassified"], args.out_dir / "misclassified.png"
+    count, out = plot.misclassified, args.out_dir / "misclassified.png"
     shown = charts.plot_misclassified(images, actual, predicted, confidence, classes, count, out, dpi)
     print(f"plot: wrote loss, accuracy, per-class accuracy, confusion and {shown} misclassified images to {args.out_dir}")
 

@@ -12,11 +12,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from classifier.data.dataset import Options, split_validation
 from classifier.core.errors import run
 from classifier.core.files import write_json
-from classifier.data.layouts import read_dataset
 from classifier.core.params import load_params
+from classifier.data.dataset import Options, split_validation
+from classifier.data.layouts import read_dataset
 from classifier.data.splits import save_split
 
 
@@ -34,16 +34,16 @@ def main() -> None:
     parser.add_argument("metrics", type=Path, help="where to write the image counts (JSON)")
     args = parser.parse_args()
     params = load_params()
-    options = Options.from_params(params)
-    validation_setting = params["preprocess"]["validation"]
+    options = Options.from_params(params.preprocess, params.seed)
+    validation = params.preprocess.validation
 
     dataset = read_dataset(args.raw, options)
-    if validation_setting == "test":  # the classic recipe's choice; it leaks the test set
+    if validation == "test":  # the classic recipe's choice; it leaks the test set
         train = dataset.train_images, dataset.train_labels
         validation = dataset.test_images, dataset.test_labels
     else:
         train, validation = split_validation(
-            dataset.train_images, dataset.train_labels, validation_setting, options.seed
+            dataset.train_images, dataset.train_labels, validation, options.seed
         )
 
     report_skipped(dataset.skipped)

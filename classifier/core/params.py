@@ -33,10 +33,11 @@ def _schema_of(model: type[Section]) -> dict[str, Any]:
 SCHEMA: dict[str, Any] = _schema_of(Params)
 
 
-def validate_params(params: Any) -> None:
-    """Raise StageError naming the key path, the bad value and what is accepted (the first mistake only)."""
+def validate_params(params: Any) -> Params:
+    """`params` (as read from YAML) as the typed Params; else StageError naming the key path, the bad value
+    and what is accepted (the first mistake only)."""
     try:
-        Params.model_validate(params)
+        return Params.model_validate(params)
     except ValidationError as error:
         located = [_locate(params, e["loc"], e["type"], e["input"]) for e in error.errors(include_url=False)]
         raise StageError(_message(params, *min(located, key=lambda found: found[-1]))) from None
@@ -123,11 +124,12 @@ _ParamsLoader.add_implicit_resolver(
 )
 
 
-def load_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
+def load_params(path: str | os.PathLike = PARAMS_FILE) -> Params:
     """Read and validate the whole params file, so a typo anywhere fails every stage at once.
 
     Stages call this first, before importing TensorFlow or reading data: a bad value fails in
-    about a second instead of after minutes of work. Returns the file's plain dict.
+    about a second instead of after minutes of work. Each value is as the file wrote it (an int stays
+    an int where a float is accepted), so `model_dump()` gives back the file's mapping.
     """
     try:
         with open(path, encoding="utf-8") as f:
@@ -138,32 +140,33 @@ def load_params(path: str | os.PathLike = PARAMS_FILE) -> dict[str, Any]:
         raise StageError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
     if params is None:
         raise StageError(f"{path}: the file is empty; expected a mapping with keys {', '.join(SCHEMA)}")
-    validate_params(params)
-    check_combinations(params)
-    return params
+    typed = validate_params(params)
+    check_combinations(typed)
+    return typed
 
 
-def check_combinations(params: dict[str, Any]) -> None:
+def check_combinations(params: Params) -> None:
     """Values that are each fine alone but do not go together."""
-    model, train = params["model"], params["train"]
-    if model["label_smoothing"] > 0 and model["loss"] != "categorical_crossentropy":
+    model, train = params.model, params.train
+    if model.label_smoothing > 0 and model.loss != "categorical_crossentropy":
         raise StageError(
-            f"{PARAMS_FILE}: model.label_smoothing = {model['label_smoothing']!r} needs model.loss: "
-            f"categorical_crossentropy (got {model['loss']}); set label_smoothing to 0 or change the loss"
+            f"{PARAMS_FILE}: model.label_smoothing = {model.label_smoothing!r} needs model.loss: "
+            f"categorical_crossentropy (got {model.loss}); set label_smoothing to 0 or change the loss"
         )
-    if train["warmup_epochs"] > 0 and train["lr_schedule"] != "cosine":
+    if train.warmup_epochs > 0 and train.lr_schedule != "cosine":
         raise StageError(
-            f"{PARAMS_FILE}: train.warmup_epochs = {train['warmup_epochs']} needs train.lr_schedule: cosine "
-            f"(got {train['lr_schedule']}); set warmup_epochs to 0 or the schedule to cosine"
+            f"{PARAMS_FILE}: train.warmup_epochs = {train.warmup_epochs} needs train.lr_schedule: cosine "
+            f"(got {train.lr_schedule}); set warmup_epochs to 0 or the schedule to cosine"
         )
-    if train["warmup_epochs"] >= train["epochs"]:
+    if train.warmup_epochs >= train.epochs:
         raise StageError(
-            f"{PARAMS_FILE}: train.warmup_epochs = {train['warmup_epochs']} must be less than "
-            f"train.epochs = {train['epochs']}"
+            f"{PARAMS_FILE}: train.warmup_epochs = {train.warmup_epochs} must be less than "
+            f"train.epochs = {train.epochs}"
         )
     for option in ("early_stopping_from", "early_stopping_min_delta", "early_stopping_smoothing"):
-        if train[option] > 0 and train["early_stopping"] is None:
+        value = getattr(train, option)
+        if value > 0 and train.early_stopping is None:
             raise StageError(
-                f"{PARAMS_FILE}: train.{option} = {train[option]!r} needs train.early_stopping: N (got null); "
+                f"{PARAMS_FILE}: train.{option} = {value!r} needs train.early_stopping: N (got null); "
                 f"set {option} to 0, or early_stopping to a patience"
             )

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WrapValidator
 
 
 @dataclass(frozen=True)
@@ -31,15 +31,26 @@ def integer(minimum: int, maximum: int) -> Any:
     return Annotated[int, Field(ge=minimum, le=maximum), Says(f"an integer from {minimum} to {maximum}")]
 
 
+def _as_written(value: Any, check: Any) -> Any:
+    """A number checked as a float but kept as the file wrote it: `0` stays the int 0, not 0.0, so the
+    train stage's run key and the saved model's config hold the same bytes as the file's values."""
+    checked = check(value)
+    return value if type(value) is int else checked
+
+
+AS_WRITTEN = WrapValidator(_as_written)
+
+
 def number(minimum: float, maximum: float, *, exclusive: bool = False) -> Any:
     if exclusive:
-        return Annotated[float, Field(gt=minimum, lt=maximum), Says(f"a number > {minimum} and < {maximum}")]
-    return Annotated[float, Field(ge=minimum, le=maximum), Says(f"a number >= {minimum} and <= {maximum}")]
+        says = Says(f"a number > {minimum} and < {maximum}")
+        return Annotated[float, Field(gt=minimum, lt=maximum), AS_WRITTEN, says]
+    return Annotated[float, Field(ge=minimum, le=maximum), AS_WRITTEN, Says(f"a number >= {minimum} and <= {maximum}")]
 
 
 def below_one() -> Any:
     """A fraction that may be 0 but not 1."""
-    return Annotated[float, Field(ge=0.0, lt=1.0), Says("a number >= 0.0 and < 1.0")]
+    return Annotated[float, Field(ge=0.0, lt=1.0), AS_WRITTEN, Says("a number >= 0.0 and < 1.0")]
 
 
 def choice(*names: str) -> Any:
@@ -84,7 +95,7 @@ class Section(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
-class Download(Section):
+class DownloadParams(Section):
     """Where the dataset archive comes from, and how it is fetched."""
 
     url: PLACE = about("https://..., file://..., or a local archive or folder")
@@ -95,7 +106,7 @@ class Download(Section):
     retry_delay: number(0.0, 3600.0) = about("seconds before the first retry; doubled after each")
 
 
-class Limits(Section):
+class LimitsParams(Section):
     """Refuse archives beyond these (archive bombs, decompression bombs)."""
 
     max_members: integer(1, 10**9) = about("most files an archive may hold")
@@ -103,7 +114,7 @@ class Limits(Section):
     max_image_megapixels: number(0.0, 1000.0, exclusive=True) = about("largest image, in megapixels")
 
 
-class Preprocess(Section):
+class PreprocessParams(Section):
     """How the images become the train, validation and test splits."""
 
     image_size: integer(8, 1024) = about("images are fitted to image_size x image_size RGB")
@@ -114,10 +125,10 @@ class Preprocess(Section):
     test_from_train: either(NULL, FRACTION) = about("no test/ folder: fraction of each class moved to test")
     cifar100_label: choice("fine", "coarse") = about("CIFAR-100 archives: fine (100 classes), coarse (20)")
     on_bad_image: choice("error", "skip") = about("unreadable image: error, or skip (counted in the metrics)")
-    limits: Limits = about(Limits.__doc__)
+    limits: LimitsParams = about(LimitsParams.__doc__)
 
 
-class Model(Section):
+class ModelParams(Section):
     """The network and how it is compiled."""
 
     hidden_units: list_of(integer(1, 65536)) = about("one Dense layer per entry, of this many units")
@@ -132,14 +143,14 @@ class Model(Section):
     loss: choice(*LOSSES) = about("the Keras loss")
 
 
-class Augment(Section):
+class AugmentParams(Section):
     """Training images only (never validation or test), seeded per (seed, epoch, batch)."""
 
     flip: BOOLEAN = about("mirror left-right with probability 1/2")
     crop_padding: integer(0, 64) = about("pad with this many black pixels, crop back at random (0 = off)")
 
 
-class Train(Section):
+class TrainParams(Section):
     """How the model is fitted."""
 
     batch_size: integer(1, 65536) = about("images per training step")
@@ -173,16 +184,16 @@ class Train(Section):
     keep_best: BOOLEAN = about(
         "keep the best epoch's weights (by val_accuracy) without early stopping; early_stopping always does"
     )
-    augment: Augment = about(Augment.__doc__)
+    augment: AugmentParams = about(AugmentParams.__doc__)
 
 
-class Evaluate(Section):
+class EvaluateParams(Section):
     """Metrics on the test split."""
 
     top_k: integer(1, 1000) = about("also report top-k accuracy: the true class is among the k best")
 
 
-class Plot(Section):
+class PlotParams(Section):
     """Every PNG chart of the plot stage."""
 
     dpi: integer(20, 600) = about("dots per inch")
@@ -191,7 +202,7 @@ class Plot(Section):
     misclassified: integer(1, 400) = about("misclassified.png: the N most confidently misclassified images")
 
 
-class Export(Section):
+class ExportParams(Section):
     """The export stage: the trained model as SavedModel, LiteRT (float32, int8) and ONNX (docs/export.md)."""
 
     calibration_images: integer(1, 1_000_000) = about(
@@ -205,13 +216,13 @@ class Params(Section):
     model_config = ConfigDict(title="params.yaml")
 
     seed: integer(0, 2**31 - 1) = about("drives the validation split, initialisation and shuffling")
-    download: Download = about(Download.__doc__)
-    preprocess: Preprocess = about(Preprocess.__doc__)
-    model: Model = about(Model.__doc__)
-    train: Train = about(Train.__doc__)
-    evaluate: Evaluate = about(Evaluate.__doc__)
-    plot: Plot = about(Plot.__doc__)
-    export: Export = about(Export.__doc__)
+    download: DownloadParams = about(DownloadParams.__doc__)
+    preprocess: PreprocessParams = about(PreprocessParams.__doc__)
+    model: ModelParams = about(ModelParams.__doc__)
+    train: TrainParams = about(TrainParams.__doc__)
+    evaluate: EvaluateParams = about(EvaluateParams.__doc__)
+    plot: PlotParams = about(PlotParams.__doc__)
+    export: ExportParams = about(ExportParams.__doc__)
 
 
 def json_schema_text() -> str:

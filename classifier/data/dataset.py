@@ -4,43 +4,43 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from classifier.core.errors import StageError
+from classifier.core.params_schema import PreprocessParams
 
 SPLITS = ("train", "test")
 
 
 @dataclass
 class Options:
-    """What preprocess.* in params.yaml says about reading the dataset."""
+    """What preprocess.* in params.yaml says about reading the dataset (its defaults are params.yaml's)."""
 
-    image_size: int = 32
-    fit: str = "crop"
-    on_bad_image: str = "error"
-    cifar100_label: str = "fine"
-    test_from_train: float | None = None
-    seed: int = 42
-    max_members: int = 1_000_000
-    max_uncompressed_bytes: int = 20_000 * 10**6
-    max_image_pixels: int = 50_000_000
+    image_size: int
+    fit: str
+    on_bad_image: str
+    cifar100_label: str
+    test_from_train: float | None
+    seed: int
+    max_members: int
+    max_uncompressed_bytes: int
+    max_image_pixels: int
     decoding: str = "processes"  # not a param: results do not depend on it (benchmarks try the others)
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "Options":
-        settings, limits = params["preprocess"], params["preprocess"]["limits"]
+    def from_params(cls, preprocess: PreprocessParams, seed: int) -> Options:
+        limits = preprocess.limits
         return cls(
-            image_size=settings["image_size"],
-            fit=settings["fit"],
-            on_bad_image=settings["on_bad_image"],
-            cifar100_label=settings["cifar100_label"],
-            test_from_train=settings["test_from_train"],
-            seed=params["seed"],
-            max_members=limits["max_members"],
-            max_uncompressed_bytes=int(limits["max_uncompressed_mb"] * 10**6),
-            max_image_pixels=int(limits["max_image_megapixels"] * 10**6),
+            image_size=preprocess.image_size,
+            fit=preprocess.fit,
+            on_bad_image=preprocess.on_bad_image,
+            cifar100_label=preprocess.cifar100_label,
+            test_from_train=preprocess.test_from_train,
+            seed=seed,
+            max_members=limits.max_members,
+            max_uncompressed_bytes=int(limits.max_uncompressed_mb * 10**6),
+            max_image_pixels=int(limits.max_image_megapixels * 10**6),
         )
 
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from classifier.compat import body_timeout_adapter
 from classifier.core.errors import StageError
 from classifier.core.files import atomic_path
+from classifier.core.params_schema import DownloadParams
 
 CHUNK = 1 << 20
 USER_AGENT = "dvc-keras-cifar"
@@ -34,25 +35,24 @@ TRANSIENT_HTTP = {408, 425, 429, 500, 502, 503, 504}
 
 @dataclass
 class Network:
-    """download.* settings that decide how long to wait and how often to retry."""
+    """The download.* params that decide how long to wait and how often to retry (defaults: params.yaml)."""
 
-    connect_timeout: float = 10.0
-    read_timeout: float = 30.0
-    retries: int = 5
-    retry_delay: float = 1.0  # before the first retry; doubled after each one
+    connect_timeout: float
+    read_timeout: float
+    retries: int
+    retry_delay: float  # before the first retry; doubled after each one
 
     @classmethod
-    def from_params(cls, settings: dict[str, Any]) -> "Network":
-        keys = ("connect_timeout", "read_timeout", "retries", "retry_delay")
-        return cls(*(settings[key] for key in keys))
+    def from_params(cls, download: DownloadParams) -> Network:
+        return cls(download.connect_timeout, download.read_timeout, download.retries, download.retry_delay)
 
 
 class Transient(Exception):
     """A failure worth retrying: timeout, refused or dropped connection, HTTP 5xx."""
 
 
-def fetch(url: str, destination: Path, checksum: str | None, network: Network = Network()) -> None:
-    """Write the file at `url` to `destination`, or raise StageError and leave it untouched."""
+def fetch(url: str, destination: Path, checksum: str | None, network: Network | None = None) -> None:
+    """Write the file at `url` (http(s) with `network`) to `destination`, or raise StageError, untouched."""
     try:
         parsed = urllib.parse.urlparse(url)
     except ValueError as error:  # e.g. an unclosed [ in an IPv6 address
@@ -64,6 +64,8 @@ def fetch(url: str, destination: Path, checksum: str | None, network: Network = 
         )
     with atomic_path(destination) as tmp:
         if scheme in ("http", "https"):
+            if network is None:
+                raise ValueError(f"{url}: an http(s) download needs the download.* timeouts (network)")
             HttpDownload(url, tmp, network).run()
         else:
             source = Path(urllib.parse.unquote(parsed.path) if scheme == "file" else url)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-def augment(images: Any, key: Any, crop_padding: int, flip: bool) -> Any:
+from classifier.core.params_schema import AugmentParams
+
+
+def augment_batch(images: Any, key: Any, crop_padding: int, flip: bool) -> Any:
     """A randomly shifted and mirrored copy of a batch of uint8 images (batch, height, width, channels).
 
     Shift: pad every side with `crop_padding` black pixels, then crop back to the original size at a
@@ -30,18 +33,18 @@ def augment(images: Any, key: Any, crop_padding: int, flip: bool) -> Any:
     return images
 
 
-def augmenter(settings: dict[str, Any], seed: int, epoch: Any) -> Any:
+def augmenter(augment: AugmentParams, seed: int, epoch: Any) -> Any:
     """The `train.augment` params as a function of (images, batch number), or None when they are off.
 
     Batch b of epoch e is augmented with a key made from (seed, e, b) only, so a resumed run augments
     exactly as an uninterrupted one.
     """
-    if not settings["flip"] and not settings["crop_padding"]:
+    if not augment.flip and not augment.crop_padding:
         return None
     import tensorflow as tf
 
     def apply(images: Any, batch: Any) -> Any:
         key = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), epoch]), batch)
-        return augment(images, key, settings["crop_padding"], settings["flip"])
+        return augment_batch(images, key, augment.crop_padding, augment.flip)
 
     return apply

@@ -30,9 +30,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from classifier.training import distribute
 from classifier.core.errors import StageError, disk_full_message, is_disk_full
 from classifier.core.files import DiskFull, check_free_space, free_bytes, fsync_path
+from classifier.core.params_schema import TrainParams
+from classifier.training import distribute
 
 DEFAULT_DIR = Path(".dvc/tmp/train-backup")
 KEEP = 2  # workers killed a moment apart may hold backups one epoch apart: keep the previous one too
@@ -40,9 +41,10 @@ WEIGHTS, STATE, MANIFEST = "model.weights.h5", "state.npz", "manifest.json"
 BLOCK = 4096  # the least a file or folder takes on most filesystems: the free-space check counts blocks
 
 
-def run_key(params: dict[str, Any], inputs: list[Path]) -> str:
-    """What makes a run: the seed, every train param and the bytes of every input file."""
-    digest = hashlib.sha256(json.dumps([params["seed"], params["train"]], sort_keys=True).encode())
+def run_key(seed: int, train: TrainParams, inputs: list[Path]) -> str:
+    """What makes a run: the seed, every train param and the bytes of every input file. The params are
+    hashed as the file wrote them (params_schema keeps `0` an int), so a key never changes for the same file."""
+    digest = hashlib.sha256(json.dumps([seed, train.model_dump()], sort_keys=True).encode())
     for path in inputs:
         with open(path, "rb") as f:
             digest.update(hashlib.file_digest(f, "sha256").digest())

@@ -9,6 +9,7 @@ import numpy as np
 
 from classifier.data.splits import load_split
 
+
 def to_targets(labels: np.ndarray, num_classes: int, loss: Any) -> np.ndarray:
     """Integer labels for sparse losses, one-hot rows for categorical_crossentropy (the recipe)."""
     if isinstance(loss, str) and loss.startswith("sparse_"):

@@ -6,14 +6,17 @@ from typing import Any
 
 import numpy as np
 
-def early_stopping_for(settings: dict[str, Any]) -> Any:
+from classifier.core.params_schema import TrainParams
+
+
+def early_stopping_for(train: TrainParams) -> Any:
     """The train stage's early stopping from its `train:` params; None when it neither stops nor keeps."""
     return early_stopping(
-        settings["early_stopping"],
-        keep_best=settings["keep_best"],
-        start_epoch=first_counted_epoch(settings["early_stopping_from"], settings["epochs"]),
-        min_delta=settings["early_stopping_min_delta"],
-        smoothing=settings["early_stopping_smoothing"],
+        train.early_stopping,
+        keep_best=train.keep_best,
+        start_epoch=first_counted_epoch(train.early_stopping_from, train.epochs),
+        min_delta=train.early_stopping_min_delta,
+        smoothing=train.early_stopping_smoothing,
     )
 
 

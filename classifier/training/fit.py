@@ -7,11 +7,12 @@ from typing import Any
 import numpy as np
 
 from classifier.compat import force_jit_compile
+from classifier.core.params_schema import TrainParams
 from classifier.training import distribute
 from classifier.training.augment import augmenter
 from classifier.training.batches import epoch_counter, gather, index_batches, to_targets
 from classifier.training.callbacks import memory_release
-from classifier.training.schedules import use_learning_rate_schedule
+
 
 def use_xla(model: Any, requested: bool) -> bool:
     """XLA where we verified it is deterministic and faster: CPU only, no distribution strategy."""
@@ -28,9 +29,9 @@ def use_xla(model: Any, requested: bool) -> bool:
 
 def fit(
     model: Any,
-    train: tuple[Any, np.ndarray],
-    validation: tuple[Any, np.ndarray],
-    settings: dict[str, Any],
+    train_split: tuple[Any, np.ndarray],
+    validation_split: tuple[Any, np.ndarray],
+    train: TrainParams,
     seed: int,
     callbacks: list[Any],
     verbose: int | str = "auto",
@@ -39,49 +40,50 @@ def fit(
 ) -> Any:
     """Train `model` in place on (images, labels) splits with the `train:` params; returns the History.
 
-    Starts after `initial_epoch` completed epochs. Under a tf.distribute `strategy` (the model made in its
+    Starts after `initial_epoch` completed epochs. The optimizer's learning-rate schedule is set before,
+    once (classifier/training/job.py does it before loading a backup). Under a tf.distribute `strategy` (the model made in its
     scope) each replica trains on its slice of every batch; without one, Keras' model.fit does the work.
     """
     num_classes = model.output_shape[-1]
-    train_targets = to_targets(train[1], num_classes, model.loss)
-    validation_targets = to_targets(validation[1], num_classes, model.loss)
+    train_images, train_targets = train_split[0], to_targets(train_split[1], num_classes, model.loss)
+    validation_images = validation_split[0]
+    validation_targets = to_targets(validation_split[1], num_classes, model.loss)
     replicas = distribute.replicas(strategy)
     epoch, set_epoch = epoch_counter()
-    callbacks = [set_epoch, *callbacks, memory_release(settings["steps_per_execution"])]
-    augmentation = augmenter(settings["augment"], seed, epoch)
-    use_learning_rate_schedule(model, settings, len(train_targets), replicas)
+    callbacks = [set_epoch, *callbacks, memory_release(train.steps_per_execution)]
+    augmentation = augmenter(train.augment, seed, epoch)
 
     def train_batches() -> Any:
-        return index_batches(len(train_targets), settings["batch_size"], replicas, seed, epoch)
+        return index_batches(len(train_targets), train.batch_size, replicas, seed, epoch)
 
     def validation_batches() -> Any:
-        return index_batches(len(validation_targets), settings["batch_size"], replicas)
+        return index_batches(len(validation_targets), train.batch_size, replicas)
 
     if strategy is not None:
-        if settings["jit_compile"] or settings["steps_per_execution"] > 1:
+        if train.jit_compile or train.steps_per_execution > 1:
             print("train: jit_compile and steps_per_execution apply to single-process training only")
         return distribute.fit(
             model,
             strategy,
             distribute.distribute_batches(
-                strategy, train_batches, lambda rows: gather(rows, train[0], train_targets, augmentation)
+                strategy, train_batches, lambda rows: gather(rows, train_images, train_targets, augmentation)
             ),
             distribute.distribute_batches(
-                strategy, validation_batches, lambda rows: gather(rows, validation[0], validation_targets)
+                strategy, validation_batches, lambda rows: gather(rows, validation_images, validation_targets)
             ),
-            settings["epochs"],
+            train.epochs,
             initial_epoch,
             callbacks,
-            example=(train[0][:1], train_targets[:1]),
+            example=(train_images[:1], train_targets[:1]),
         )
     # Execution knobs, not part of the saved model: they change speed (XLA also the rounding), not the math.
     # Keras' public setter refuses XLA whenever TF op determinism is on (classifier/compat.py).
-    force_jit_compile(model, use_xla(model, settings["jit_compile"]))
-    model.steps_per_execution = settings["steps_per_execution"]
+    force_jit_compile(model, use_xla(model, train.jit_compile))
+    model.steps_per_execution = train.steps_per_execution
     return model.fit(
-        gather(train_batches(), train[0], train_targets, augmentation),
-        validation_data=gather(validation_batches(), validation[0], validation_targets),
-        epochs=settings["epochs"],
+        gather(train_batches(), train_images, train_targets, augmentation),
+        validation_data=gather(validation_batches(), validation_images, validation_targets),
+        epochs=train.epochs,
         initial_epoch=initial_epoch,
         shuffle=False,  # index_batches() shuffles the training set every epoch itself
         callbacks=callbacks,

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from code_deps import project_imports
+from tools.code_deps import project_imports
 from conftest import PROJECT, learnable_images, set_params, tool_env
 
 FORMATS = ["keras", "litert_float32", "litert_int8", "onnx", "saved_model"]

@@ -171,6 +171,6 @@ def test_params_that_do_not_go_together_are_refused(overrides: dict, message: st
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     for group, values in overrides.items():
         params[group].update(values)
-    validate_params(params)
+    typed = validate_params(params)
     with pytest.raises(StageError, match=re.escape(message)):
-        check_combinations(params)
+        check_combinations(typed)

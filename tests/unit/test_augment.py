@@ -12,9 +12,9 @@ def batch(count: int = 16, side: int = 8) -> np.ndarray:
 def augmented(images: np.ndarray, key: tuple[int, int], crop_padding: int, flip: bool) -> np.ndarray:
     import tensorflow as tf
 
-    from classifier.training.augment import augment
+    from classifier.training.augment import augment_batch
 
-    return augment(tf.constant(images), tf.constant(key, tf.int64), crop_padding, flip).numpy()
+    return augment_batch(tf.constant(images), tf.constant(key, tf.int64), crop_padding, flip).numpy()
 
 
 def test_flip_mirrors_about_half_the_images_and_nothing_else() -> None:
@@ -50,6 +50,7 @@ def test_augmentation_depends_only_on_its_key() -> None:
 
 
 def test_augmentation_off_builds_no_augmenter() -> None:
+    from classifier.core.params_schema import AugmentParams
     from classifier.training.augment import augmenter
 
-    assert augmenter({"flip": False, "crop_padding": 0}, 1, None) is None
+    assert augmenter(AugmentParams(flip=False, crop_padding=0), 1, None) is None

@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from classifier.core.params import load_params
 from classifier.training.backup import Backup, model_variables, resume, run_key
 from classifier.core.files import DiskFull
 from classifier.model.saving import load_model
+from conftest import PROJECT
 
 
 def test_shuffle_order_depends_only_on_seed_and_epoch() -> None:
@@ -70,13 +72,12 @@ def test_backup_keeps_the_last_two_whole_epochs_and_forgets_other_runs(inputs: P
 def test_run_key_changes_with_params_and_inputs(tmp_path: Path) -> None:
     data = tmp_path / "data.npz"
     data.write_bytes(b"one")
-    params = {"seed": 1, "train": {"epochs": 2}, "plot": {"dpi": 100}}
-    key = run_key(params, [data])
-    assert run_key({**params, "plot": {"dpi": 50}}, [data]) == key, "params train does not read"
-    assert run_key({**params, "seed": 2}, [data]) != key
-    assert run_key({**params, "train": {"epochs": 3}}, [data]) != key
+    train = load_params(PROJECT / "params.yaml").train
+    key = run_key(1, train, [data])
+    assert run_key(2, train, [data]) != key
+    assert run_key(1, train.model_copy(update={"epochs": 3}), [data]) != key
     data.write_bytes(b"two")
-    assert run_key(params, [data]) != key
+    assert run_key(1, train, [data]) != key
 
 
 # ---------------------------------------------------------------------------------------------

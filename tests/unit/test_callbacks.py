@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from classifier.model.runtime import configure_tensorflow
-from conftest import build_tiny_model as build
+from conftest import PROJECT, build_tiny_model as build
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -160,16 +160,19 @@ def test_keep_best_keeps_the_best_weights_without_stopping() -> None:
 
 
 def test_the_params_set_the_options() -> None:
+    from classifier.core.params import load_params
     from classifier.training.callbacks import early_stopping_for, first_counted_epoch
 
     assert first_counted_epoch(0.8, 100) == 80 and first_counted_epoch(0.29, 100) == 29
     assert first_counted_epoch(0.0, 7) == 0 and first_counted_epoch(0.5, 5) == 2
-    settings = {"early_stopping": None, "keep_best": False, "early_stopping_from": 0.0, "epochs": 100,
-                "early_stopping_min_delta": 0.0, "early_stopping_smoothing": 0.0}  # fmt: skip
-    assert early_stopping_for(settings) is None
-    assert early_stopping_for({**settings, "keep_best": True}) is not None
+    train = load_params(PROJECT / "params.yaml").train.model_copy(
+        update={"early_stopping": None, "keep_best": False, "early_stopping_from": 0.0, "epochs": 100,
+                "early_stopping_min_delta": 0.0, "early_stopping_smoothing": 0.0}
+    )  # fmt: skip
+    assert early_stopping_for(train) is None
+    assert early_stopping_for(train.model_copy(update={"keep_best": True})) is not None
     model = build([4])
-    stopper = early_stopping_for({**settings, "early_stopping": 2, "early_stopping_from": 0.03})
+    stopper = early_stopping_for(train.model_copy(update={"early_stopping": 2, "early_stopping_from": 0.03}))
     stopper.set_model(model)
     stopper.on_train_begin()
     feed(stopper, model, {e: 0.5 for e in range(5)})

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import (
     encode, tar_of, zip_of, folder_files,
-    CLASSES,
+    CLASSES, PROJECT,
     MINI_JPG,
     learnable_images,
 )  # fmt: skip
@@ -21,6 +22,14 @@ from classifier.data.dataset import Options
 from classifier.core.errors import StageError
 from classifier.data.images import ImageDecoder
 from classifier.data.layouts import read_dataset
+from classifier.core.params import load_params
+
+DEFAULT_PARAMS = load_params(PROJECT / "params.yaml")
+
+
+def options(**changes) -> Options:
+    """The preprocess options params.yaml gives, with `changes`."""
+    return replace(Options.from_params(DEFAULT_PARAMS.preprocess, DEFAULT_PARAMS.seed), **changes)
 
 
 def test_skip_mode_drops_bad_files_and_reports_them():
@@ -35,7 +44,7 @@ def test_skip_mode_drops_bad_files_and_reports_them():
 
 
 def test_cifar10_binary_layout(binary_archive: Path):
-    dataset = read_dataset(binary_archive, Options())
+    dataset = read_dataset(binary_archive, options())
     assert dataset.classes == CLASSES
     assert dataset.train_images.shape == (300, 32, 32, 3) and dataset.test_images.shape == (60, 32, 32, 3)
     # Same generator as the fixture: the first batch's records come back pixel for pixel.
@@ -46,7 +55,7 @@ def test_cifar10_binary_layout(binary_archive: Path):
 
 
 def test_cifar10_binary_resized_to_another_image_size(binary_archive: Path):
-    dataset = read_dataset(binary_archive, Options(image_size=16))
+    dataset = read_dataset(binary_archive, options(image_size=16))
     assert dataset.train_images.shape == (300, 16, 16, 3)
 
 
@@ -73,7 +82,7 @@ def make_cifar100(path: Path, train: int = 40, test: int = 20) -> tuple[np.ndarr
 @pytest.mark.parametrize("label", ["fine", "coarse"])
 def test_cifar100_binary_layout_with_fine_or_coarse_labels(tmp_path: Path, label: str):
     fine, coarse = make_cifar100(tmp_path / "c100.tar.gz")
-    dataset = read_dataset(tmp_path / "c100.tar.gz", Options(cifar100_label=label))
+    dataset = read_dataset(tmp_path / "c100.tar.gz", options(cifar100_label=label))
     if label == "fine":
         assert dataset.classes == ["cat", "dog", "cup", "pen"]
         np.testing.assert_array_equal(dataset.train_labels, fine)
@@ -95,7 +104,7 @@ def test_every_container_gives_the_same_dataset(tmp_path: Path):
         zip_of(tmp_path / "a.zip", files),
         tmp_path / "dir",
     ]
-    datasets = [read_dataset(source, Options()) for source in sources]
+    datasets = [read_dataset(source, options()) for source in sources]
     for dataset in datasets:
         assert dataset.classes == CLASSES
         np.testing.assert_array_equal(dataset.train_labels, [0] * 4 + [1] * 4 + [2] * 4)
@@ -114,19 +123,19 @@ def test_macos_metadata_and_other_files_are_ignored(tmp_path: Path):
         "README.txt": b"my photos",
         "train/bird/notes.txt": b"notes",
     })  # fmt: skip
-    dataset = read_dataset(zip_of(tmp_path / "a.zip", files), Options())
+    dataset = read_dataset(zip_of(tmp_path / "a.zip", files), options())
     assert len(dataset.train_labels) == 12 and dataset.ignored == 5
 
 
 def test_test_split_carved_from_train(tmp_path: Path):
     files = {name: data for name, data in folder_files(train=10).items() if "/test/" not in name}
     archive = tar_of(tmp_path / "a.tgz", files)
-    dataset = read_dataset(archive, Options(test_from_train=0.2))
+    dataset = read_dataset(archive, options(test_from_train=0.2))
     assert np.bincount(dataset.test_labels).tolist() == [2, 2, 2]  # stratified: 20% of each class
     assert np.bincount(dataset.train_labels).tolist() == [8, 8, 8]
-    again = read_dataset(archive, Options(test_from_train=0.2))
+    again = read_dataset(archive, options(test_from_train=0.2))
     np.testing.assert_array_equal(again.test_images, dataset.test_images)  # seeded
-    other_seed = read_dataset(archive, Options(test_from_train=0.2, seed=7))
+    other_seed = read_dataset(archive, options(test_from_train=0.2, seed=7))
     assert not np.array_equal(other_seed.test_images, dataset.test_images)
     every = np.concatenate([dataset.train_images, dataset.test_images]).reshape(30, -1)
     assert len(np.unique(every, axis=0)) == 30  # disjoint: no image in both
@@ -137,8 +146,8 @@ def test_skipped_images_are_counted(tmp_path: Path):
     files["photos/train/bird/broken.jpg"] = b"not a jpeg"
     archive = tar_of(tmp_path / "a.tgz", files)
     with pytest.raises(StageError, match=r"photos/train/bird/broken\.jpg: not a readable image"):
-        read_dataset(archive, Options())
-    dataset = read_dataset(archive, Options(on_bad_image="skip"))
+        read_dataset(archive, options())
+    dataset = read_dataset(archive, options(on_bad_image="skip"))
     assert len(dataset.skipped) == 1 and len(dataset.train_labels) == 12
 
 
@@ -152,7 +161,7 @@ def test_iter_members_reads_through_the_archive_api(tmp_path: Path):
 def test_real_mini_jpeg_archive():
     if not MINI_JPG.exists():
         pytest.skip(f"{MINI_JPG} not present")
-    dataset = read_dataset(MINI_JPG, Options())
+    dataset = read_dataset(MINI_JPG, options())
     assert len(dataset.classes) == 10
     assert dataset.train_images.shape == (1000, 32, 32, 3) and dataset.test_images.shape == (200, 32, 32, 3)
     with tarfile.open(MINI_JPG) as archive:  # the first airplane, decoded by Pillow directly

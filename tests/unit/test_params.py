@@ -58,7 +58,7 @@ def leaf_paths(node: dict, where: str = "") -> set[str]:
 
 def test_defaults_are_valid_and_every_param_has_a_rule(tmp_path: Path) -> None:
     write_params(tmp_path)
-    assert load_params() == DEFAULTS
+    assert load_params().model_dump() == DEFAULTS
     assert leaf_paths(DEFAULTS) == leaf_paths(SCHEMA)
 
 
@@ -67,7 +67,7 @@ def test_numbers_are_read_as_dvc_reads_them(tmp_path: Path) -> None:
     defaults = (PROJECT / "params.yaml").read_text()
     write_params(tmp_path, text=defaults.replace("learning_rate: 0.001", "learning_rate: 1e-3"))
     params = load_params()
-    assert params["model"]["learning_rate"] == 0.001
+    assert params.model.learning_rate == 0.001
 
 
 @pytest.mark.parametrize(
@@ -300,4 +300,4 @@ def test_early_stopping_options_name_their_range(tmp_path: Path, key: str, value
     combined = {"early_stopping": 10, "early_stopping_from": 0.8, "early_stopping_min_delta": 0.002,
                 "early_stopping_smoothing": 0.5, "keep_best": True}  # fmt: skip
     write_params(tmp_path, lambda p: p["train"].update(combined))
-    assert load_params()["train"]["early_stopping_from"] == 0.8, "every option at once, with a patience"
+    assert load_params().train.early_stopping_from == 0.8, "every option at once, with a patience"

@@ -190,6 +190,7 @@ def test_missing_model_is_a_one_line_error(tmp_path, good):
 def test_real_jpegs_match_the_preprocessed_test_set(project, model, tmp_path):
     if not MINI_JPG.exists():
         pytest.skip(f"{MINI_JPG} not found")
+    from classifier.core.params import load_params
     from classifier.data.dataset import Options
     from classifier.data.layouts import read_dataset
 
@@ -206,7 +207,8 @@ def test_real_jpegs_match_the_preprocessed_test_set(project, model, tmp_path):
     assert [a["path"] for a in answers] == [str(f) for f in files]
 
     # The same JPEGs as preprocess decodes them for the test split: predict must see identical pixels.
-    dataset = read_dataset(MINI_JPG, Options(image_size=32))
+    defaults = load_params(PROJECT / "params.yaml")
+    dataset = read_dataset(MINI_JPG, Options.from_params(defaults.preprocess, defaults.seed))
     in_order = np.concatenate(
         [dataset.test_images[dataset.test_labels == CIFAR10.index(c)] for c in ("cat", "ship")]
     )

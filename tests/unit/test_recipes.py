@@ -29,7 +29,7 @@ def test_there_is_a_committed_recipe() -> None:
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_each_recipe_is_valid_and_changes_only_what_it_names(path: Path) -> None:
     overrides = recipe.read_recipe(path)
-    defaults = flatten(load_params(PROJECT / "params.yaml"))
+    defaults = flatten(load_params(PROJECT / "params.yaml").model_dump())
     assert set(overrides) <= set(defaults), "every key exists in params.yaml"
     assert all(overrides[key] != defaults[key] for key in overrides), "no key repeats its default"
     assert not any(key.startswith(("download.", "preprocess.", "evaluate.", "plot.")) for key in overrides)
