@@ -1,7 +1,8 @@
 """Hostile model files in every exported format, each shaped like the project's own exports (uint8 images
 [N, 32, 32, 3] in, 10 probabilities out) so that only the checks of classifier/export/checks.py stand
-between them and a caller. Each trap is real: run without the checks, it writes its marker or reads a file
-outside its folder (tests/unit/test_export_checks.py proves it)."""
+between them and a caller. The SavedModel traps are real: loaded and called without the checks, they write
+their marker (tests/unit/test_export_checks.py shows it). onnxruntime and LiteRT would also stop the others
+today, but only because no custom op library is registered and onnxruntime now checks external paths."""
 
 from __future__ import annotations
 
@@ -32,6 +33,13 @@ def _saved_model(folder: Path, side_effect: Callable[[Any], Any]) -> Path:
     module.serve = serve
     tf.saved_model.save(module, str(folder), signatures={"serving_default": serve.get_concrete_function()})
     return folder
+
+
+def saved_model_benign(folder: Path) -> Path:
+    """The same model without a side effect: what the hostile ones are measured against."""
+    import tensorflow as tf
+
+    return _saved_model(folder, lambda images: tf.no_op())
 
 
 def saved_model_writing(folder: Path, marker: Path) -> Path:

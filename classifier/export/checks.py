@@ -88,6 +88,11 @@ def check_saved_model(folder: str | os.PathLike) -> None:
         if name not in library:
             raise StageError(f"{path}: refused: it calls function {name!r}, which is not in the file")
         checked.add(name)
+        if "api_implements" in library[name].attr:  # Grappler may swap in another function that declares it
+            raise StageError(
+                f"{path}: refused: function {name} declares api_implements, so TensorFlow could run another "
+                f"function in its place; {INFERENCE_ONLY}"
+            )
         for node in library[name].node_def:
             called = list(_called_functions(node))
             if node.op in library:  # a function called by its name, as an op
@@ -169,7 +174,10 @@ def _onnx_tensors(graph: Any) -> Iterator[Any]:
 
 
 def check_litert(path: str | os.PathLike) -> None:
-    from ai_edge_litert import schema_py_generated as schema
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:  # pragma: no cover - the lock installs ai-edge-litert
+        from tensorflow.lite.python import schema_py_generated as schema
 
     path = Path(path)
     try:

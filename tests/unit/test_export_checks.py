@@ -1,10 +1,12 @@
 """classifier/export/checks.py: hostile SavedModel, ONNX and LiteRT files (tests/hostile_models.py) are refused in
 one line by load_predictor and by every command that loads through it (predict, parity), and no trap goes off;
-every model the params can build exports a SavedModel the allow-list accepts."""
+a TensorFlow 1 SavedModel and one whose functions could be swapped are refused; every model the params can
+build exports a SavedModel the allow-list accepts."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +45,7 @@ def hostile_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "models").mkdir()
     secret = root / "secret.bin"  # the size of the weights it stands in for, so onnxruntime would read it
     secret.write_bytes(np.ones((hostile.SIZE * hostile.SIZE * 3, hostile.CLASSES), np.float32).tobytes())
+    hostile.saved_model_benign(root / "benign")
     hostile.saved_model_writing(root / "writes_a_file", root / "markers" / "writes_a_file")
     hostile.saved_model_calling_python(root / "calls_python", root / "markers" / "calls_python")
     hostile.saved_model_reading(root / "reads_a_file", secret)
@@ -79,6 +82,46 @@ def test_load_predictor_refuses_a_hostile_file_in_one_line(hostile_files: Path, 
     assert message.startswith(f"{path}") and ": refused: " in message and "\n" not in message, message
     assert REFUSED[name] in message, message
     assert markers(hostile_files) == [], "code from the model file ran"
+
+
+def test_the_same_model_without_the_side_effect_loads_and_predicts(hostile_files: Path) -> None:
+    probabilities = load_predictor(hostile_files / "benign").predict(np.zeros((2, 32, 32, 3), np.uint8))
+    assert probabilities.shape == (2, 10) and np.allclose(probabilities.sum(axis=1), 1)
+
+
+def edited_saved_model(source: Path, target: Path, edit) -> Path:
+    """A copy of the SavedModel folder `source` whose saved_model.pb went through `edit(proto)`."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    shutil.copytree(source, target)
+    proto = saved_model_pb2.SavedModel.FromString((target / "saved_model.pb").read_bytes())
+    edit(proto)
+    (target / "saved_model.pb").write_bytes(proto.SerializeToString())
+    return target
+
+
+def swappable(proto) -> None:
+    for function in proto.meta_graphs[0].graph_def.library.function:
+        function.attr["api_implements"].s = b"serve"
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (
+            lambda proto: proto.meta_graphs[0].ClearField("object_graph_def"),
+            "refused: a TensorFlow 1 SavedModel",
+        ),
+        (swappable, "declares api_implements, so TensorFlow could run another function in its place"),
+    ],
+    ids=["tensorflow_1", "api_implements"],
+)
+def test_a_saved_model_that_could_run_unchecked_graphs_is_refused(
+    hostile_files: Path, tmp_path: Path, edit, expected: str
+) -> None:
+    path = edited_saved_model(hostile_files / "benign", tmp_path / "edited", edit)
+    with pytest.raises(StageError, match=expected):
+        load_predictor(path)
 
 
 def test_the_parity_command_refuses_through_the_same_check(hostile_files: Path, monkeypatch) -> None:
