@@ -7,6 +7,8 @@ probabilities [N, classes]; `class_names` are the names the file carries (None i
     probabilities = predictor.predict(images)   # images: uint8, [N, predictor.input_size, input_size, 3]
 
 LiteRT files run on ai-edge-litert's interpreter (classifier/export/litert.py), ONNX files on onnxruntime.
+No runtime sees a file before its checks pass: classifier/export/checks.py for the exported formats (a graph
+that does more than infer is refused), classifier/model/checks.py for .keras files.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from classifier.core.errors import StageError
+from classifier.export.checks import check_exported
 
 CHUNK = 256  # images per call into the runtime, so a big batch never needs all its activations at once
 KINDS = "a .keras file, a SavedModel folder, a .tflite or an .onnx file"
@@ -77,9 +80,10 @@ def load_predictor(path: str | os.PathLike, threads: int | None = None) -> Predi
     path = Path(path)
     if not path.exists():
         raise StageError(f"{path}: model file not found")  # as classifier.model.saving says it
+    if path.is_dir() and not (path / "saved_model.pb").is_file():
+        raise StageError(f"{path}: a folder without saved_model.pb is not a SavedModel")
+    check_exported(path)  # before TensorFlow, onnxruntime or LiteRT reads a byte of it
     if path.is_dir():
-        if not (path / "saved_model.pb").is_file():
-            raise StageError(f"{path}: a folder without saved_model.pb is not a SavedModel")
         return _saved_model(path)
     suffix = path.suffix.lower()
     if suffix == ".keras":
@@ -138,7 +142,7 @@ def _litert(path: Path, threads: int | None) -> Predictor:
 def _onnx(path: Path, threads: int | None) -> Predictor:
     import onnxruntime
 
-    options = onnxruntime.SessionOptions()
+    options = onnxruntime.SessionOptions()  # no custom op libraries registered: standard ops only
     if threads:
         options.intra_op_num_threads = options.inter_op_num_threads = threads
     try:

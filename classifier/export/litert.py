@@ -126,6 +126,7 @@ def make_interpreter(path: str | os.PathLike, threads: int | None = None) -> Any
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
         Interpreter = tf.lite.Interpreter
     try:
+        # Built-in kernels only: no custom-op registerers, so a custom op never finds code to run.
         return Interpreter(model_path=str(path), num_threads=threads)
     except ValueError as error:
         raise StageError(f"{path}: not a LiteRT model ({' '.join(str(error).split())[:200]})") from None

@@ -1,5 +1,6 @@
 """The export stage's command on tiny inputs: its outputs, its metrics, the same bytes from a second run, the
-99.9% floor for float formats as one line, and its deps in dvc.yaml (exactly the files it imports)."""
+99.9% floor for float formats as one line, its reload through classifier/export/checks.py, and its deps in
+dvc.yaml (exactly the files it imports)."""
 
 from __future__ import annotations
 
@@ -112,7 +113,9 @@ def test_metrics_hold_parity_and_size_per_format_and_the_latency_its_own_file(wo
     assert all(0 < ms < 1000 for ms in timing["latency_ms"].values())
     stdout = (workspace / "stdout.txt").read_text()
     timed = re.findall(r"^export: (\w+) .* ([\d.]+) ms per image \(median of 200\)$", stdout, re.MULTILINE)
-    assert {name: float(ms) for name, ms in timed} == {k: round(v, 3) for k, v in timing["latency_ms"].items()}
+    assert {name: float(ms) for name, ms in timed} == {
+        k: round(v, 3) for k, v in timing["latency_ms"].items()
+    }
 
 
 def test_a_second_run_writes_the_same_bytes(workspace: Path) -> None:
@@ -153,6 +156,25 @@ def test_a_float_format_that_disagrees_fails_with_one_line(workspace: Path) -> N
         "a float export must reach 99.9% (see metrics/failed/metrics.json)"
     ]
     assert "Traceback" not in result.stderr
+
+
+def test_the_stage_reloads_its_files_through_the_checks(workspace: Path, tmp_path: Path) -> None:
+    # Had the stage's writer produced a SavedModel that writes a file when called, its reload refuses it.
+    import hostile_models
+
+    marker = tmp_path / "marker"
+    hostile = hostile_models.saved_model_writing(tmp_path / "saved_model", marker)
+    prelude = (
+        "from pathlib import Path\nimport classifier.export.formats\n"
+        f"classifier.export.formats.export_all = lambda *a: {{'saved_model': Path({str(hostile)!r})}}\n"
+    )
+    result = run_stage(workspace, "models/export", "metrics/hostile", prelude)
+    assert result.returncode == 1, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"error: {hostile}/saved_model.pb: refused: op WriteFile"
+    )
+    assert "Traceback" not in result.stderr and not marker.exists()
 
 
 def test_a_bad_export_param_fails_before_any_work(tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """classifier/export/formats.py, litert.py, exported.py, parity.py: every format of a tiny trained model matches it,
-the int8 model is integer through and through, exports are byte-identical run to run, bad export params and
+the int8 model is integer through and through, every file of the classic and a better-recipe model passes
+classifier/export/checks.py, exports are byte-identical run to run, bad export params and
 bad files are one-line errors."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from classifier.export import litert
 from classifier.core.errors import StageError
 from classifier.export.formats import LABELS, export_all
 from classifier.core.files import atomic_folder
+from classifier.export.checks import check_exported
 from classifier.export.exported import load_predictor
 from classifier.core.params import load_params
 from classifier.export.parity import check_float_agreement, parity
@@ -25,13 +27,19 @@ CLASSES = ["airplane", "automobile", "bird"]
 FLOAT_FORMATS = ["saved_model", "litert_float32", "onnx"]
 
 
+def trained(root: Path, model, images: np.ndarray, labels: np.ndarray) -> None:
+    import keras
+
+    from classifier.model.saving import save_model
+
+    model.fit(images[:270], keras.utils.to_categorical(labels[:270], 3), epochs=3, batch_size=30, verbose=0)
+    save_model(model, root / "model.keras")
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A 3-class MLP trained for 3 epochs on learnable images, saved as .keras and exported once."""
-    import keras
-
     from classifier.model.build import build_model, compile_model
-    from classifier.model.saving import save_model
     from classifier.model.runtime import configure_tensorflow
 
     root = tmp_path_factory.mktemp("export")
@@ -40,8 +48,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     images = learnable_images(labels, seed=11)
     model = build_model(32, 3, [24], "relu")
     compile_model(model, "adam", 0.001, "categorical_crossentropy")
-    model.fit(images[:270], keras.utils.to_categorical(labels[:270], 3), epochs=3, batch_size=30, verbose=0)
-    save_model(model, root / "model.keras")
+    trained(root, model, images, labels)
     calibration = litert.calibration_sample(images[:270], 100, seed=7)
     paths = export_all(model, CLASSES, calibration, root / "first")
     return {
@@ -67,6 +74,42 @@ def test_each_format_gives_the_keras_model_s_probabilities(tiny: dict, name: str
     else:  # uint8 probabilities come in steps of 1/256
         assert scores["top1_agreement"] >= 0.95 and scores["max_abs_probability_diff"] < 0.05, scores
     assert scores["test_accuracy"] > 0.9, "the classes differ by colour: the tiny model learned them"
+
+
+@pytest.fixture(scope="module")
+def better(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A model like recipes/better-mlp.yaml's (3 hidden layers, batch norm, dropout, residual, adamw), trained
+    for 3 epochs and exported once."""
+    from classifier.model.build import build_model, compile_model
+    from classifier.model.runtime import configure_tensorflow
+
+    root = tmp_path_factory.mktemp("export_better")
+    configure_tensorflow(seed=7)
+    labels = np.arange(330) % 3
+    images = learnable_images(labels, seed=11)
+    model = build_model(32, 3, [16, 16, 16], "relu", "batch", dropout=0.25, residual=True, seed=7)
+    compile_model(model, "adamw", 0.002, "categorical_crossentropy", weight_decay=0.1, label_smoothing=0.1)
+    trained(root, model, images, labels)
+    calibration = litert.calibration_sample(images[:270], 100, seed=7)
+    paths = export_all(model, CLASSES, calibration, root / "export")
+    return {
+        "paths": paths,
+        "test": (images[270:], labels[270:]),
+        "reference": model.predict(images[270:], verbose=0),
+    }
+
+
+@pytest.mark.parametrize("recipe", ["tiny", "better"])
+def test_every_exported_file_passes_the_checks_and_loads_through_them(recipe: str, request) -> None:
+    exported = request.getfixturevalue(recipe)
+    for name, path in exported["paths"].items():
+        check_exported(path)  # raises on a refusal; load_predictor runs the same check first
+        probabilities = load_predictor(path).predict(exported["test"][0])
+        agreement = (probabilities.argmax(1) == exported["reference"].argmax(1)).mean()
+        if name in FLOAT_FORMATS:
+            assert agreement == 1.0 and np.abs(probabilities - exported["reference"]).max() < 1e-5, name
+        else:
+            assert agreement >= 0.9, name
 
 
 def test_the_keras_file_loads_as_a_predictor_too(tiny: dict) -> None:
@@ -164,7 +207,9 @@ def test_latency_is_measured_on_demand_for_any_model(tiny: dict, tmp_path: Path,
     monkeypatch.setattr("sys.argv", ["parity", *models, "--runs", "3", "--json", str(out)])
     parity.main()
     timings = json.loads(out.read_text())
-    assert timings["runs"] == 3 and timings["threads"] is None and sorted(timings["one_image"]) == sorted(models)
+    assert (
+        timings["runs"] == 3 and timings["threads"] is None and sorted(timings["one_image"]) == sorted(models)
+    )
     assert all(0 < entry["median_ms"] < 1000 for entry in timings["one_image"].values())
     assert "model_int8.tflite: " in capsys.readouterr().out
 
