@@ -135,6 +135,7 @@ def _reason(error: Exception) -> str:
 # Ctrl-C and SIGTERM go to the whole process group, decoder processes too.
 INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
 SEMAPHORES = "/dev/shm"  # where Linux keeps the POSIX semaphores of multiprocessing's queues
+WORKER_EXIT_SECONDS = 2  # a decoder process ends at once on SIGTERM; this is only for one that does not
 
 
 def _worker_signals() -> None:
@@ -161,6 +162,28 @@ def _decode_chunk(
             bad.append(i)
             messages.append(str(error))
     return images, bad, messages
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End the decoder processes now, whatever they are doing, so that shutdown() does not wait for them.
+
+    A process that dies while it sends its result (hundreds of KB through a 64 KB pipe: SIGTERM to the
+    process group, or terminate() here) leaves half a message in the result pipe. The pool's manager thread
+    then waits for the rest forever, and shutdown(wait=True) and the exit of the interpreter wait for that
+    thread. Once every decoder process is gone, our own copy of the pipe's write end is the last one: closing
+    it turns that wait into end-of-file, and the manager thread shuts the broken pool down.
+    """
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        process.terminate()  # SIGTERM: _worker_signals left it at the default, which ends the process
+    for process in processes:
+        process.join(WORKER_EXIT_SECONDS)
+        if process.exitcode is None:
+            process.kill()
+            process.join()
+    result_queue = getattr(pool, "_result_queue", None)
+    if result_queue is not None:
+        result_queue._writer.close()
 
 
 class ImageDecoder:
@@ -200,9 +223,8 @@ class ImageDecoder:
     def __exit__(self, exc_type, *exc_info) -> None:
         if self.pool is None:
             return
-        if exc_type is not None:  # interrupted, or a bad image: the chunks being decoded are not needed
-            for process in list((getattr(self.pool, "_processes", None) or {}).values()):
-                process.terminate()  # else shutdown() would wait for them (seconds for big photos)
+        if exc_type is not None and isinstance(self.pool, ProcessPoolExecutor):
+            _stop_workers(self.pool)  # interrupted, or a bad image: the chunks being decoded are not needed
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def add(self, name: str, data: bytes) -> None:
