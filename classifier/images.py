@@ -11,14 +11,15 @@ import io
 import os
 import signal
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Sequence
+from typing import Self
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from classifier.errors import StageError, disk_full_message, is_disk_full
+from classifier.errors import Interrupted, StageError, disk_full_message, interrupts_deferred, is_disk_full
 from classifier.files import DiskFull, free_bytes
 
 # HEIC (iPhone photos) is not readable, but counts as an image so that it is reported, not ignored.
@@ -98,7 +99,7 @@ def decode_image(
         raise BadImage(f"{name}: image has too many pixels, {limit} ({_reason(error)})") from None
     except UnidentifiedImageError:
         raise BadImage(f"{name}: not a readable image (not {', '.join(FORMATS)})") from None
-    except Exception as error:  # Pillow raises many types on malformed files
+    except Exception as error:  # noqa: BLE001 (Pillow raises many types on malformed files)
         raise BadImage(f"{name}: not a readable image ({_reason(error)})") from None
     width, height = image.size
     if width * height > max_pixels:
@@ -112,7 +113,7 @@ def decode_image(
             image = ImageOps.exif_transpose(image)
         image.load()
         return np.asarray(fit_image(to_rgb(image), size, fit), dtype=np.uint8)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 (as above)
         raise BadImage(f"{name}: not a readable image ({_reason(error)})") from None
 
 
@@ -132,19 +133,19 @@ def _reason(error: Exception) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
-# Ctrl-C and SIGTERM go to the whole process group, decoder processes too.
-INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
 SEMAPHORES = "/dev/shm"  # where Linux keeps the POSIX semaphores of multiprocessing's queues
 WORKER_EXIT_SECONDS = 2  # a decoder process ends at once on SIGTERM; this is only for one that does not
 
 
 def _worker_signals() -> None:
-    """A decoder process leaves Ctrl-C to the main process, which stops it (ImageDecoder.__exit__); else each
+    """Ctrl-C and SIGTERM go to the whole process group, decoder processes too.
+
+    A decoder process leaves Ctrl-C to the main process, which stops it (ImageDecoder.__exit__); else each
     worker would print a KeyboardInterrupt traceback of its own. SIGTERM just ends it (the SIGTERM handler
-    forked from the main process would raise and print one too)."""
+    forked from the main process would raise and print one too). Until this runs, both signals are held by
+    the handler of interrupts_deferred (see _submit), and the main process ends the worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS)  # blocked by _submit around the fork
 
 
 def _decode_chunk(
@@ -217,7 +218,7 @@ class ImageDecoder:
         self.images: list[np.ndarray] = []
         self.skipped: list[str] = []
 
-    def __enter__(self) -> "ImageDecoder":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type, *exc_info) -> None:
@@ -249,35 +250,49 @@ class ImageDecoder:
         if self.parallel == "serial" or (last and self.pool is None):  # a few files: not worth a pool
             self._store([name for name, _ in chunk], _decode_chunk(chunk, *self.options))
             return
-        if self.pool is None:
-            if self.parallel == "processes":
-                try:
-                    self.pool = ProcessPoolExecutor(self.workers, initializer=_worker_signals)
-                except OSError as error:  # its queues' semaphores are files in /dev/shm, a small tmpfs
-                    if not is_disk_full(error):
-                        raise
-                    raise DiskFull(disk_full_message(SEMAPHORES, None, free_bytes(SEMAPHORES))) from None
-            else:
-                self.pool = ThreadPoolExecutor(self.workers)
         while len(self.pending) >= 2 * self.workers:  # bounded memory: wait for the oldest chunk
             self._collect()
-        # The first submit forks the workers: a signal arriving before _worker_signals ran would give
-        # a traceback, so the workers start with these signals blocked (the main process gets them after).
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
-        try:
-            future = self.pool.submit(_decode_chunk, chunk, *self.options)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        # The first submit forks the workers. Interrupted in the middle of it, the pool could have a worker
+        # it does not list in _processes yet (so __exit__ would not end it), or no manager thread.
+        with interrupts_deferred():
+            if self.pool is None:
+                self.pool = self._new_pool()
+            try:
+                future = self.pool.submit(_decode_chunk, chunk, *self.options)
+            except BrokenProcessPool:  # a process ended while decoding an earlier chunk: say why
+                self._raise_if_terminated()
+                while self.pending:
+                    self._collect()
+                raise
         self.pending.append(([name for name, _ in chunk], future))
+
+    def _new_pool(self) -> Executor:
+        if self.parallel != "processes":
+            return ThreadPoolExecutor(self.workers)
+        try:
+            return ProcessPoolExecutor(self.workers, initializer=_worker_signals)
+        except OSError as error:  # its queues' semaphores are files in /dev/shm, a small tmpfs
+            if not is_disk_full(error):
+                raise
+            raise DiskFull(disk_full_message(SEMAPHORES, None, free_bytes(SEMAPHORES))) from None
 
     def _collect(self) -> None:
         names, future = self.pending.pop(0)
         try:
             result = future.result()
         except BrokenProcessPool:
+            self._raise_if_terminated()
             crashed = f"{names[0]} .. {names[-1]}: a decoder process crashed on one of these images"
             raise BadImage(crashed) from None
         self._store(names, result)
+
+    def _raise_if_terminated(self) -> None:
+        """Decoder processes ended by SIGTERM, and only by it, mean that the process group got SIGTERM: the
+        pool can notice that before this process has run its own handler."""
+        ended = [process.exitcode for process in (getattr(self.pool, "_processes", None) or {}).values()]
+        ended = [code for code in ended if code is not None]
+        if ended and all(code == -signal.SIGTERM for code in ended):
+            raise Interrupted(signal.SIGTERM)
 
     def _store(self, names: list[str], result: tuple[np.ndarray, list[int], list[str]]) -> None:
         images, bad, messages = result
