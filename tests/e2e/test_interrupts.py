@@ -14,17 +14,17 @@ import sys
 import tarfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import psutil
 import pytest
+from conftest import CLASSES, PROJECT, add_bytes, locked_outputs, make_project, sh, tool_env
+from local_http import Handler, file_server
 from PIL import Image
 
 from classifier.backup import DEFAULT_DIR
-from conftest import CLASSES, PROJECT, add_bytes, locked_outputs, make_project, sh, tool_env
-from local_http import Handler, file_server
 
 pytestmark = pytest.mark.e2e
 
@@ -35,8 +35,11 @@ PARAMS = {"train.epochs": 30, "train.batch_size": 64, "model.hidden_units": [32]
 OUTPUTS = {
     "download": ["data/raw/dataset.archive"],
     "preprocess": [
-        "data/prepared/train.npz", "data/prepared/validation.npz", "data/prepared/test.npz",
-        "data/prepared/classes.json", "metrics/preprocess.json",
+        "data/prepared/train.npz",
+        "data/prepared/validation.npz",
+        "data/prepared/test.npz",
+        "data/prepared/classes.json",
+        "metrics/preprocess.json",
     ],
     # metrics/train is DVCLive's live log, written every epoch; the next run restores it from the backup.
     "train": ["models/model.keras"],
@@ -193,8 +196,13 @@ def interrupt(repo: Path, stage: str, signal_number: int, server) -> tuple[int, 
     server.slow.set() if stage == "download" else server.slow.clear()
     with open(log, "w") as out:
         dvc = subprocess.Popen(
-            ["dvc", "repro", stage], cwd=repo, env=tool_env(), stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=default_signals,
+            ["dvc", "repro", stage],
+            cwd=repo,
+            env=tool_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=default_signals,  # noqa: PLW1509 (only sets two handlers)
         )
     processes: list[psutil.Process] = []  # the stage's (and a shell's): dvc itself is waited for by dvc.wait
     try:
@@ -294,9 +302,14 @@ run(main)
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_decoder_processes_stop_at_once_and_print_nothing(workers: str, signal_number: int) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-c", DECODER, workers], cwd=PROJECT, env={**tool_env(), "PYTHONPATH": str(PROJECT)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True, preexec_fn=default_signals,
+        [sys.executable, "-c", DECODER, workers],
+        cwd=PROJECT,
+        env={**tool_env(), "PYTHONPATH": str(PROJECT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=default_signals,  # noqa: PLW1509 (only sets two handlers)
     )
     try:
         assert process.stdout.readline() == "decoding\n", process.communicate()[1]
