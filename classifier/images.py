@@ -263,7 +263,7 @@ class ImageDecoder:
                 self._raise_if_terminated()
                 while self.pending:
                     self._collect()
-                raise
+                raise StageError("a decoder process ended abruptly (out of memory?)") from None
         self.pending.append(([name for name, _ in chunk], future))
 
     def _new_pool(self) -> Executor:
