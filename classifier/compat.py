@@ -66,6 +66,15 @@ def pool_processes(pool: Any) -> Iterator[Any]:
     yield from list((getattr(pool, "_processes", None) or {}).values())
 
 
+def close_result_pipe(pool: Any) -> None:
+    """Close a ProcessPoolExecutor's own copy of its result pipe's write end (the private
+    `_result_queue._writer`, Python 3.11). Once its workers are gone, that turns the manager thread's wait
+    for the rest of a half-sent result into end-of-file (classifier/data/decoder.py explains the hang)."""
+    result_queue = getattr(pool, "_result_queue", None)
+    if result_queue is not None:
+        result_queue._writer.close()
+
+
 def body_timeout_adapter(read_timeout: float, ssl_context: Any) -> Any:
     """A requests HTTPAdapter whose connections wait the request's timeout for the response headers and
     then `read_timeout` for each read of the body (requests' read timeout covers both), and that verify

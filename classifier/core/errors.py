@@ -9,10 +9,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import signal
 import sys
-from typing import Any, Callable
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
 
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
@@ -51,6 +54,38 @@ def disk_full_message(path: Any, needed: int | None = None, free: int | None = N
 
 def _interrupt(signal_number: int, frame: Any) -> None:
     raise Interrupted(signal_number)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then raise Interrupted as usual.
+
+    For code that must not stop halfway, such as creating a process pool: an exception raised in the middle
+    of it can leave a forked process that nobody knows about, or a pool that cannot shut down. The signals
+    still reach this process at once (blocking them instead would make the kernel hand them to another
+    thread, and Python may then run the handler late), and processes forked in the block start with the
+    holding handler: a signal there is held, never a traceback.
+    """
+    if threading.current_thread() is not threading.main_thread():  # only the main thread has handlers
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signal_number: int, frame: Any) -> None:
+        held.append(signal_number)
+
+    previous = {}
+    try:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            if callable(signal.getsignal(number)):  # SIG_IGN stays ignored, SIG_DFL stays fatal
+                previous[number] = signal.signal(number, hold)
+        yield
+    finally:
+        with contextlib.ExitStack() as restore:  # every handler, even if a signal raises in between
+            for number, handler in previous.items():
+                restore.callback(signal.signal, number, handler)
+        if held:
+            raise Interrupted(held[0])
 
 
 def run(main: Callable[[], None]) -> None:

@@ -1,4 +1,5 @@
-"""Decoding image files into fixed-size RGB uint8 arrays; shared by preprocess and predict.
+"""Decoding one image file into a fixed-size RGB uint8 array; shared by preprocess and predict (many files
+at once, in worker processes: classifier/data/decoder.py).
 
 Any size and mode goes in (grayscale, RGBA, palette, CMYK, 16-bit, EXIF-rotated phone photos); an
 RGB array of size x size comes out. Files come from archives of unknown origin, so only a few
@@ -8,18 +9,12 @@ well-known formats are opened, and the pixel count is checked from the header be
 from __future__ import annotations
 
 import io
-import os
-import signal
 import warnings
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from classifier.core.errors import StageError, disk_full_message, is_disk_full
-from classifier.core.files import DiskFull, free_bytes
+from classifier.core.errors import StageError
 
 # HEIC (iPhone photos) is not readable, but counts as an image so that it is reported, not ignored.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic", ".heif")
@@ -98,7 +93,7 @@ def decode_image(
         raise BadImage(f"{name}: image has too many pixels, {limit} ({_reason(error)})") from None
     except UnidentifiedImageError:
         raise BadImage(f"{name}: not a readable image (not {', '.join(FORMATS)})") from None
-    except Exception as error:  # Pillow raises many types on malformed files
+    except Exception as error:  # noqa: BLE001 (Pillow raises many types on malformed files)
         raise BadImage(f"{name}: not a readable image ({_reason(error)})") from None
     width, height = image.size
     if width * height > max_pixels:
@@ -112,7 +107,7 @@ def decode_image(
             image = ImageOps.exif_transpose(image)
         image.load()
         return np.asarray(fit_image(to_rgb(image), size, fit), dtype=np.uint8)
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 (as above)
         raise BadImage(f"{name}: not a readable image ({_reason(error)})") from None
 
 
@@ -121,157 +116,5 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     return np.stack([np.asarray(fit_image(Image.fromarray(image), size)) for image in images])
 
 
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # Linux: the CPUs this process may run on
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def _reason(error: Exception) -> str:
     return " ".join(str(error).split()) or type(error).__name__
-
-
-# Ctrl-C and SIGTERM go to the whole process group, decoder processes too.
-INTERRUPTS = {signal.SIGINT, signal.SIGTERM}
-SEMAPHORES = "/dev/shm"  # where Linux keeps the POSIX semaphores of multiprocessing's queues
-
-
-def _worker_signals() -> None:
-    """A decoder process leaves Ctrl-C to the main process, which stops it (ImageDecoder.__exit__); else each
-    worker would print a KeyboardInterrupt traceback of its own. SIGTERM just ends it (the SIGTERM handler
-    forked from the main process would raise and print one too)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS)  # blocked by _submit around the fork
-
-
-def _decode_chunk(
-    files: list[tuple[str, bytes]], size: int, fit: str, max_pixels: int, skip_bad: bool
-) -> tuple[np.ndarray, list[int], list[str]]:
-    """Decode a chunk; with skip_bad, return the indices and messages of bad files instead of raising."""
-    images = np.zeros((len(files), size, size, 3), dtype=np.uint8)
-    bad, messages = [], []
-    for i, (name, data) in enumerate(files):
-        try:
-            images[i] = decode_image(data, size, name, fit, max_pixels)
-        except BadImage as error:
-            if not skip_bad:
-                raise
-            bad.append(i)
-            messages.append(str(error))
-    return images, bad, messages
-
-
-class ImageDecoder:
-    """Decode a stream of (name, bytes) in worker processes, a chunk at a time.
-
-    Files are added while the archive is still being read, so reading and decoding overlap and at
-    most a few chunks of undecoded bytes are held in memory. Processes, not threads: a 32x32 JPEG
-    decodes so fast that the GIL-bound Python around it dominates (see benchmarks/decode.py).
-    """
-
-    CHUNK_FILES = 256
-    CHUNK_BYTES = 16 << 20
-
-    def __init__(
-        self,
-        size: int,
-        fit: str = "crop",
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        skip_bad: bool = False,
-        workers: int | None = None,
-        parallel: str = "processes",
-    ):
-        self.options = (size, fit, max_pixels, skip_bad)
-        self.workers = workers or min(8, _usable_cpus())
-        self.parallel = parallel if self.workers > 1 else "serial"
-        self.pool: Executor | None = None
-        self.chunk: list[tuple[str, bytes]] = []
-        self.chunk_bytes = 0
-        self.pending: list[tuple[list[str], Future]] = []
-        self.names: list[str] = []
-        self.images: list[np.ndarray] = []
-        self.skipped: list[str] = []
-
-    def __enter__(self) -> "ImageDecoder":
-        return self
-
-    def __exit__(self, exc_type, *exc_info) -> None:
-        if self.pool is None:
-            return
-        if exc_type is not None:  # interrupted, or a bad image: the chunks being decoded are not needed
-            for process in list((getattr(self.pool, "_processes", None) or {}).values()):
-                process.terminate()  # else shutdown() would wait for them (seconds for big photos)
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-    def add(self, name: str, data: bytes) -> None:
-        self.chunk.append((name, data))
-        self.chunk_bytes += len(data)
-        if len(self.chunk) >= self.CHUNK_FILES or self.chunk_bytes >= self.CHUNK_BYTES:
-            self._submit()
-
-    def finish(self) -> tuple[list[str], np.ndarray, list[str]]:
-        """Return (names, images) in the order added, without skipped files, and the skip messages."""
-        self._submit(last=True)
-        while self.pending:
-            self._collect()
-        size = self.options[0]
-        images = np.concatenate(self.images) if self.images else np.zeros((0, size, size, 3), np.uint8)
-        return self.names, images, self.skipped
-
-    def _submit(self, last: bool = False) -> None:
-        if not self.chunk:
-            return
-        chunk, self.chunk, self.chunk_bytes = self.chunk, [], 0
-        if self.parallel == "serial" or (last and self.pool is None):  # a few files: not worth a pool
-            self._store([name for name, _ in chunk], _decode_chunk(chunk, *self.options))
-            return
-        if self.pool is None:
-            if self.parallel == "processes":
-                try:
-                    self.pool = ProcessPoolExecutor(self.workers, initializer=_worker_signals)
-                except OSError as error:  # its queues' semaphores are files in /dev/shm, a small tmpfs
-                    if not is_disk_full(error):
-                        raise
-                    raise DiskFull(disk_full_message(SEMAPHORES, None, free_bytes(SEMAPHORES))) from None
-            else:
-                self.pool = ThreadPoolExecutor(self.workers)
-        while len(self.pending) >= 2 * self.workers:  # bounded memory: wait for the oldest chunk
-            self._collect()
-        # The first submit forks the workers: a signal arriving before _worker_signals ran would give
-        # a traceback, so the workers start with these signals blocked (the main process gets them after).
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
-        try:
-            future = self.pool.submit(_decode_chunk, chunk, *self.options)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        self.pending.append(([name for name, _ in chunk], future))
-
-    def _collect(self) -> None:
-        names, future = self.pending.pop(0)
-        try:
-            result = future.result()
-        except BrokenProcessPool:
-            crashed = f"{names[0]} .. {names[-1]}: a decoder process crashed on one of these images"
-            raise BadImage(crashed) from None
-        self._store(names, result)
-
-    def _store(self, names: list[str], result: tuple[np.ndarray, list[int], list[str]]) -> None:
-        images, bad, messages = result
-        if bad:
-            keep = np.setdiff1d(np.arange(len(names)), bad)
-            names, images = [names[i] for i in keep], images[keep]
-            self.skipped.extend(messages)
-        self.names.extend(names)
-        self.images.append(images)
-
-
-def decode_images(
-    files: Sequence[tuple[str, bytes]], size: int, fit: str = "crop", max_pixels: int = DEFAULT_MAX_PIXELS
-) -> np.ndarray:
-    """Decode a list of (name, bytes) to one (N, size, size, 3) array; any bad file raises StageError."""
-    with ImageDecoder(size, fit, max_pixels) as decoder:
-        for name, data in files:
-            decoder.add(name, data)
-        return decoder.finish()[1]

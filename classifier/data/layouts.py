@@ -14,7 +14,8 @@ from classifier.data.cifar_binary import BINARY_FILES, BINARY_SIDE, CIFAR10_BATC
 from classifier.data.dataset import Dataset, Options
 from classifier.core.errors import StageError
 from classifier.data.image_folder import ImageFolder, build_image_dataset
-from classifier.data.images import BadImage, ImageDecoder, is_image_name, resize_images
+from classifier.data.decoder import ImageDecoder
+from classifier.data.images import BadImage, is_image_name, resize_images
 
 PICKLED_FOLDERS = ("cifar-10-batches-py", "cifar-100-python")
 PICKLED_NAMES = re.compile(r"data_batch_\d+|test_batch|batches\.meta|meta|train|test")

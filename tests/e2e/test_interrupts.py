@@ -14,17 +14,17 @@ import sys
 import tarfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import psutil
 import pytest
+from conftest import CLASSES, PROJECT, add_bytes, locked_outputs, make_project, sh, tool_env
+from local_http import Handler, file_server
 from PIL import Image
 
 from classifier.training.backup import DEFAULT_DIR
-from conftest import CLASSES, PROJECT, add_bytes, locked_outputs, make_project, sh, tool_env
-from local_http import Handler, file_server
 
 pytestmark = pytest.mark.e2e
 
@@ -35,8 +35,11 @@ PARAMS = {"train.epochs": 30, "train.batch_size": 64, "model.hidden_units": [32]
 OUTPUTS = {
     "download": ["data/raw/dataset.archive"],
     "preprocess": [
-        "data/prepared/train.npz", "data/prepared/validation.npz", "data/prepared/test.npz",
-        "data/prepared/classes.json", "metrics/preprocess.json",
+        "data/prepared/train.npz",
+        "data/prepared/validation.npz",
+        "data/prepared/test.npz",
+        "data/prepared/classes.json",
+        "metrics/preprocess.json",
     ],
     # metrics/train is DVCLive's live log, written every epoch; the next run restores it from the backup.
     "train": ["models/model.keras"],
@@ -47,6 +50,9 @@ UPSTREAM = {  # what `dvc repro <stage>` runs
     "train": ["download", "preprocess", "build_and_compile", "train"],
 }
 STOPPED_WITHIN = 15  # seconds from the signal to every process of the run having exited
+# When each round of the preprocess tests sends its signal, in seconds after the decoder processes appeared:
+# while the pool is still starting, then while chunks are decoded and their results sent back.
+PREPROCESS_DELAYS = (0.0, 0.3, 1.0)
 
 
 def image_folder_archive(
@@ -146,6 +152,33 @@ def default_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+@contextlib.contextmanager
+def busy_cores() -> Iterator[None]:
+    """Every core kept busy by another process, as on a CI machine running other jobs. A stage then runs in
+    slow motion, and a signal lands in windows that an idle machine crosses too fast to hit."""
+    loops = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(min(4, len(os.sched_getaffinity(0))))
+    ]
+    try:
+        yield
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+
+
+def session_processes(session: int) -> list[psutil.Process]:
+    """The live processes of a session (start_new_session=True gives each run its own), forked ones too,
+    even those whose parent has ended."""
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(OSError, psutil.Error):
+            if os.getsid(process.pid) == session and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+    return found
+
+
 def stage_processes(dvc: subprocess.Popen, module: str) -> list[psutil.Process]:
     try:
         found = psutil.Process(dvc.pid).children(recursive=True)
@@ -186,21 +219,28 @@ def running(stage: str, repo: Path, dvc: subprocess.Popen) -> Callable[[], bool]
     return lambda: bool(list((repo / DEFAULT_DIR).glob("*/epoch-*[0-9]")))  # train: an epoch is backed up
 
 
-def interrupt(repo: Path, stage: str, signal_number: int, server) -> tuple[int, float, str]:
-    """Run `dvc repro <stage>`, send the signal to its process group while the stage runs, and return dvc's
-    exit code, the seconds until every process of the run had ended, and everything printed."""
+def interrupt(
+    repo: Path, stage: str, signal_number: int, server, delay: float = 0.0
+) -> tuple[int, float, str]:
+    """Run `dvc repro <stage>`, send the signal to its process group `delay` seconds after the stage is well
+    into its work, and return dvc's exit code, the seconds until every process of the run had ended, and
+    everything printed."""
     log = repo.parent / "interrupted.log"
     server.slow.set() if stage == "download" else server.slow.clear()
     with open(log, "w") as out:
         dvc = subprocess.Popen(
-            ["dvc", "repro", stage], cwd=repo, env=tool_env(), stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=default_signals,
+            ["dvc", "repro", stage],
+            cwd=repo,
+            env=tool_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=default_signals,  # noqa: PLW1509 (only sets two handlers)
         )
     processes: list[psutil.Process] = []  # the stage's (and a shell's): dvc itself is waited for by dvc.wait
     try:
         wait_for(running(stage, repo, dvc), dvc, f"{stage} running")
-        if stage == "preprocess":
-            time.sleep(1.0)  # in the middle of decoding
+        time.sleep(delay)
         processes = psutil.Process(dvc.pid).children(recursive=True)
         signalled = time.monotonic()
         os.killpg(dvc.pid, signal_number)
@@ -237,16 +277,22 @@ def test_interrupted_stage_stops_cleanly_and_reruns_to_the_same_bytes(
     start, reference = ("built", "trained") if stage == "train" else ("fresh", "built")
     repo = copy_project(request.getfixturevalue(start), tmp_path / "project")
     reference = request.getfixturevalue(reference)
-    code, stopped, output = interrupt(repo, stage, signal_number, server)
+    # Preprocess is interrupted several times, at different moments, with the cores busy: the decoder
+    # processes are forked, send results back and are stopped in windows a single moment rarely hits.
+    delays = PREPROCESS_DELAYS if stage == "preprocess" else (0.0,)
+    with busy_cores() if stage == "preprocess" else contextlib.nullcontext():
+        for delay in delays:
+            code, stopped, output = interrupt(repo, stage, signal_number, server, delay)
+            output = f"(signal {delay} s after the {stage} started)\n{output}"
 
-    assert stopped < STOPPED_WITHIN, f"the run took {stopped:.1f} s to stop:\n{output}"
-    assert code != 0, output
-    lines = output.splitlines()
-    assert [line for line in lines if line.startswith("error:")] == ["error: interrupted"], output
-    assert "Traceback" not in output, output
-    assert temporary_files(repo) == [], output
-    left = [path for path in OUTPUTS[stage] if (repo / path).exists()]
-    assert left == [], f"the interrupted {stage} left {left}:\n{output}"
+            assert stopped < STOPPED_WITHIN, f"the run took {stopped:.1f} s to stop:\n{output}"
+            assert code != 0, output
+            lines = output.splitlines()
+            assert [line for line in lines if line.startswith("error:")] == ["error: interrupted"], output
+            assert "Traceback" not in output, output
+            assert temporary_files(repo) == [], output
+            left = [path for path in OUTPUTS[stage] if (repo / path).exists()]
+            assert left == [], f"the interrupted {stage} left {left}:\n{output}"
 
     again = sh(repo, "dvc", "repro", stage)
     if stage == "train":
@@ -261,58 +307,97 @@ def test_interrupted_stage_stops_cleanly_and_reruns_to_the_same_bytes(
 
 
 # The decoder of the preprocess stage on its own, under classifier.core.errors.run: its workers either wait for
-# the next chunk (the archive is read more slowly than they decode) or are busy with a ~15 s chunk.
+# the next chunk (idle: the archive is read more slowly than they decode), are busy with a ~15 s chunk (busy),
+# or decode small chunks as fast as they come and send each result back (stream: ~200 KB a chunk, more than
+# a pipe holds; the pool is made after "decoding" is printed).
 DECODER = """
 import io, sys, time
 import numpy as np
 from PIL import Image
 from classifier.core.errors import run
-from classifier.data.images import ImageDecoder
+from classifier.data.decoder import ImageDecoder
 
 def main():
-    busy = sys.argv[1] == "busy"
-    side = 768 if busy else 16
+    mode = sys.argv[1]
+    side = 768 if mode == "busy" else 16
     y, x = np.mgrid[0:side, 0:side]
     buffer = io.BytesIO()
     Image.fromarray(np.stack([x % 256, y % 256, (x + y) % 256], axis=-1).astype(np.uint8)).save(buffer, "PNG")
     with ImageDecoder(32, workers=2) as decoder:
-        decoder.CHUNK_FILES = 2000 if busy else 4
+        decoder.CHUNK_FILES = {"busy": 2000, "idle": 4, "stream": 64}[mode]
+        if mode == "stream":
+            print("decoding", flush=True)
         for i in range(1_000_000):
             decoder.add(f"{i}.png", buffer.getvalue())
-            if i == (3999 if busy else 100):
+            if i == {"busy": 3999, "idle": 100}.get(mode):
                 print("decoding", flush=True)
-                if busy:
+                if mode == "busy":
                     decoder.finish()
-            if not busy:
+            if mode == "idle":
                 time.sleep(0.001)
 
 run(main)
 """
+# When the stream test sends its signal, in seconds after "decoding": while the pool is made and its
+# processes forked, then while chunks go to them and their results come back.
+STREAM_DELAYS = (0.0, 0.01, 0.03, 0.06, 0.1, 0.15, 0.25, 0.4, 0.6, 0.9)
 
 
-@pytest.mark.parametrize("workers", ["idle", "busy"])
-@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_decoder_processes_stop_at_once_and_print_nothing(workers: str, signal_number: int) -> None:
+def interrupt_decoder(mode: str, signal_number: int, delay: float) -> tuple[str, int, float, list[str]]:
+    """Run DECODER, send the signal to its process group `delay` s after it printed "decoding", and return
+    what it printed on stderr, its exit code, the seconds until it and its decoder processes had ended, and
+    the processes still alive 5 s after it ended."""
     process = subprocess.Popen(
-        [sys.executable, "-c", DECODER, workers], cwd=PROJECT, env={**tool_env(), "PYTHONPATH": str(PROJECT)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True, preexec_fn=default_signals,
+        [sys.executable, "-c", DECODER, mode],
+        cwd=PROJECT,
+        env={**tool_env(), "PYTHONPATH": str(PROJECT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=default_signals,  # noqa: PLW1509 (only sets two handlers)
     )
     try:
         assert process.stdout.readline() == "decoding\n", process.communicate()[1]
-        time.sleep(0.5)
-        children = psutil.Process(process.pid).children()
-        assert len(children) == 2, "two decoder processes"
+        time.sleep(delay)
+        if mode != "stream":
+            assert len(psutil.Process(process.pid).children()) == 2, "two decoder processes"
         signalled = time.monotonic()
         os.killpg(process.pid, signal_number)
-        _, stderr = process.communicate(timeout=30)
-        _, alive = psutil.wait_procs(children, timeout=5)
+        try:
+            _, stderr = process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 15 s after the signal, sent {delay} s after decoding started")
+        deadline = time.monotonic() + 5
+        while (alive := session_processes(process.pid)) and time.monotonic() < deadline:
+            time.sleep(0.02)
         stopped = time.monotonic() - signalled
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+    return stderr, process.returncode, stopped, [_cmdline(p)[:60] for p in alive]
+
+
+@pytest.mark.parametrize("workers", ["idle", "busy"])
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_decoder_processes_stop_at_once_and_print_nothing(workers: str, signal_number: int) -> None:
+    stderr, code, stopped, alive = interrupt_decoder(workers, signal_number, 0.5)
     assert stderr == "error: interrupted\n"
-    assert process.returncode == 128 + signal_number
-    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], "a decoder process outlived it"
+    assert code == 128 + signal_number
+    assert alive == [], "a decoder process outlived it"
     assert stopped < 3, f"{stopped:.1f} s to stop: the decoder processes were waited for"
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_decoder_stops_at_any_moment_under_load(signal_number: int) -> None:
+    """Signals at moments spread from the pool's start to the middle of a stream of results. A decoder process
+    killed while it sent a result used to leave the pool waiting forever for the rest of it."""
+    with busy_cores():
+        for delay in STREAM_DELAYS:
+            stderr, code, stopped, alive = interrupt_decoder("stream", signal_number, delay)
+            moment = f"signal {delay} s after decoding started"
+            assert stderr == "error: interrupted\n", f"{moment}:\n{stderr}"
+            assert code == 128 + signal_number, moment
+            assert alive == [], f"{moment}: {alive} outlived it"
+            assert stopped < 3, f"{moment}: {stopped:.1f} s to stop"

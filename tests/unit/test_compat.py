@@ -75,6 +75,18 @@ def test_pool_processes_lists_the_workers() -> None:
     assert list(compat.pool_processes(object())) == []
 
 
+def test_close_result_pipe_ends_the_wait_of_a_pool_whose_workers_were_killed() -> None:
+    pool = ProcessPoolExecutor(max_workers=1)
+    assert pool.submit(np.sum, [1, 2]).result() == 3
+    for process in list(compat.pool_processes(pool)):
+        process.kill()
+        process.join()
+    compat.close_result_pipe(pool)
+    assert pool._result_queue._writer.closed  # what the entry reaches for is still there
+    pool.shutdown(wait=True)  # returns: the manager thread saw end-of-file
+    compat.close_result_pipe(object())  # not a pool: nothing to close
+
+
 def test_body_timeout_adapter_puts_its_connection_in_each_pool() -> None:
     context = ssl.create_default_context()
     adapter = compat.body_timeout_adapter(7.5, context)

@@ -1,16 +1,18 @@
-"""classifier/data/images.py: decoding any image file to RGB size x size, fitting, bad files, the parallel decoder."""
+"""classifier/data/images.py and decoder.py: decoding any image file to RGB size x size, fitting, bad files, the parallel decoder."""
 
 from __future__ import annotations
 
 import io
+import signal
 
 import numpy as np
 import pytest
 from conftest import encode
 from PIL import Image
 
-from classifier.core.errors import StageError
-from classifier.data.images import ImageDecoder, decode_image, decode_images, fit_image
+from classifier.core.errors import Interrupted, StageError
+from classifier.data.decoder import ImageDecoder, decode_images
+from classifier.data.images import decode_image, fit_image
 
 
 def solid(mode: str, colour, size=(40, 30)) -> Image.Image:
@@ -92,12 +94,16 @@ def test_large_jpeg_is_decoded_at_reduced_scale_like_a_full_decode():
 
 
 def test_bad_images_are_errors_that_name_the_file():
-    with pytest.raises(StageError, match=r"^notes\.jpg: not a readable image \(not JPEG, PNG, BMP, GIF, WEBP, TIFF\)$"):
+    with pytest.raises(
+        StageError, match=r"^notes\.jpg: not a readable image \(not JPEG, PNG, BMP, GIF, WEBP, TIFF\)$"
+    ):
         decode_image(b"just some text", 32, "notes.jpg")
     jpeg = encode(Image.new("RGB", (32, 32), (1, 2, 3)), "JPEG")
     with pytest.raises(StageError, match=r"(?i)^cut\.jpg: not a readable image \(.*truncated"):
         decode_image(jpeg[: len(jpeg) // 2], 32, "cut.jpg")
-    with pytest.raises(StageError, match=r"^big\.png: image is 200x100 = 20,000 pixels, over the limit of 10,000"):
+    with pytest.raises(
+        StageError, match=r"^big\.png: image is 200x100 = 20,000 pixels, over the limit of 10,000"
+    ):
         decode_image(encode(Image.new("RGB", (200, 100)), "PNG"), 32, "big.png", max_pixels=10_000)
 
 
@@ -111,7 +117,9 @@ def test_formats_that_run_programs_are_never_opened():
 
 @pytest.mark.parametrize("parallel", ["processes", "threads", "serial"])
 def test_parallel_decoding_matches_serial_and_keeps_order(parallel: str):
-    files = [(f"{i}.png", encode(Image.new("RGB", (8 + i % 5, 9), (i, 2 * i % 256, 7)), "PNG")) for i in range(40)]
+    files = [
+        (f"{i}.png", encode(Image.new("RGB", (8 + i % 5, 9), (i, 2 * i % 256, 7)), "PNG")) for i in range(40)
+    ]
     expected = np.stack([decode_image(data, 8, name) for name, data in files])
     decoder = ImageDecoder(8, workers=2, parallel=parallel)
     decoder.CHUNK_FILES = 3  # many chunks, several in flight
@@ -122,3 +130,30 @@ def test_parallel_decoding_matches_serial_and_keeps_order(parallel: str):
     assert names == [name for name, _ in files] and skipped == []
     np.testing.assert_array_equal(images, expected)
     np.testing.assert_array_equal(decode_images(files, 8), expected)
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_decoder_processes_ended_from_outside(signal_number: int) -> None:
+    """SIGTERM to every decoder process means the process group got it: interrupted, even before this
+    process has run its own handler. Another death (the kernel's SIGKILL when out of memory, a crash) is an
+    error that says so. Either way no process is left."""
+    data = encode(solid("RGB", (255, 0, 0)), "PNG")
+    decoder = ImageDecoder(8, workers=2)
+    decoder.CHUNK_FILES = 4
+    expected = Interrupted if signal_number == signal.SIGTERM else StageError
+    with pytest.raises(expected) as raised, decoder:
+        for i in range(4):  # the first chunk starts the pool
+            decoder.add(f"{i}.png", data)
+        processes = list(decoder.pool._processes.values())
+        for process in processes:  # the pool may end the second one itself once the first is gone
+            process.kill() if signal_number == signal.SIGKILL else process.terminate()
+            process.join(10)
+        for i in range(4, 12):
+            decoder.add(f"{i}.png", data)
+        decoder.finish()
+    if signal_number == signal.SIGTERM:
+        assert raised.value.signal_number == signal.SIGTERM
+    else:
+        assert "decoder process" in str(raised.value)
+    assert processes[0].exitcode == -signal_number
+    assert not any(process.is_alive() for process in processes)

@@ -20,7 +20,7 @@ from PIL import Image
 from classifier.data.archives import iter_members
 from classifier.data.dataset import Options
 from classifier.core.errors import StageError
-from classifier.data.images import ImageDecoder
+from classifier.data.decoder import ImageDecoder
 from classifier.data.layouts import read_dataset
 from classifier.core.params import load_params
 
