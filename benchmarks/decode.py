@@ -15,8 +15,8 @@ by git).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -43,6 +43,7 @@ def options(decoding: str = "processes") -> Options:
     """The preprocess stage's options from params.yaml, decoding images the given way."""
     params = load_params(PROJECT / "params.yaml")
     return dataclasses.replace(Options.from_params(params.preprocess, params.seed), decoding=decoding)
+
 
 SHARED = PROJECT.parent / "shared"
 
@@ -72,7 +73,10 @@ def compare(strategies: dict, repeat: int) -> dict[str, dict]:
         for name, (function, *args) in strategies.items():
             load = os.getloadavg()[0]  # other work on the machine slows every strategy: say how much
             times[name].append(timed(function, *args))
-            print(f"  run {run + 1}/{repeat} {name}: {times[name][-1]:.2f} s (load before: {load:.1f})", flush=True)
+            print(
+                f"  run {run + 1}/{repeat} {name}: {times[name][-1]:.2f} s (load before: {load:.1f})",
+                flush=True,
+            )
     return {
         name: {
             "median_s": round(statistics.median(runs), 2),
@@ -112,7 +116,9 @@ def main() -> None:
             binary = args.binary
             if binary is None:
                 binary = Path(scratch) / "cifar-10-binary.tar.gz"
-                print(f"re-encoding {args.jpg.name} to the CIFAR-10 binary layout in {scratch} ...", flush=True)
+                print(
+                    f"re-encoding {args.jpg.name} to the CIFAR-10 binary layout in {scratch} ...", flush=True
+                )
                 tool = SHARED / "tools" / "jpg_to_cifar_binary.py"
                 subprocess.run([sys.executable, str(tool), str(args.jpg), str(binary)], check=True)
             print(f"binary archive {binary.name}:")

@@ -55,9 +55,22 @@ def train(runs: list[Path], args: argparse.Namespace, distribution: str) -> floa
         env = {**os.environ, "PYTHONPATH": str(PROJECT), "TF_CPP_MIN_LOG_LEVEL": "2"}
         if distribution == "multi_worker":
             env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        command = [sys.executable, "-m", "stages.train", str(args.compiled.resolve()), str(args.prepared.resolve()),
-                   "model.keras", "metrics", "--backup-dir", "backup"]
-        processes.append(subprocess.Popen(command, cwd=run, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        command = [
+            sys.executable,
+            "-m",
+            "stages.train",
+            str(args.compiled.resolve()),
+            str(args.prepared.resolve()),
+            "model.keras",
+            "metrics",
+            "--backup-dir",
+            "backup",
+        ]
+        processes.append(
+            subprocess.Popen(
+                command, cwd=run, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            )
+        )
     try:
         for process in processes:
             _, errors = process.communicate(timeout=3600)
@@ -71,9 +84,9 @@ def train(runs: list[Path], args: argparse.Namespace, distribution: str) -> floa
 
 def backup_seconds(compiled: Path, metrics: Path, scratch: Path) -> tuple[float, float]:
     """Median time of one per-epoch backup of this model (weights + optimizer state), and its size in MB."""
-    from classifier.training.backup import Backup
-    from classifier.model.saving import load_model
     from classifier.model.runtime import configure_tensorflow
+    from classifier.model.saving import load_model
+    from classifier.training.backup import Backup
 
     configure_tensorflow()
     model = load_model(compiled)
@@ -94,7 +107,9 @@ def main() -> None:
     parser.add_argument("--compiled", type=Path, default=Path("models/compiled.keras"))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--no-xla", action="store_true", help="train.jit_compile false for the single process too")
+    parser.add_argument(
+        "--no-xla", action="store_true", help="train.jit_compile false for the single process too"
+    )
     args = parser.parse_args()
     from classifier.model.saving import load_model
 
@@ -103,16 +118,27 @@ def main() -> None:
         single = train([scratch / "single"], args, "single")
         workers = [scratch / f"worker{i}" for i in range(args.workers)]
         multi = train(workers, args, "multi_worker")
-        for name, run, seconds in (("1 process", scratch / "single", single), (f"{args.workers} workers", workers[0], multi)):
+        for name, run, seconds in (
+            ("1 process", scratch / "single", single),
+            (f"{args.workers} workers", workers[0], multi),
+        ):
             metrics = json.loads((run / "metrics" / "metrics.json").read_text())
-            print(f"{name}: {seconds:.1f} s, final train loss {metrics['train']['loss']:.6f}, "
-                  f"validation loss {metrics['eval']['loss']:.6f}, validation accuracy {metrics['eval']['accuracy']:.4f}")
+            print(
+                f"{name}: {seconds:.1f} s, final train loss {metrics['train']['loss']:.6f}, "
+                f"validation loss {metrics['eval']['loss']:.6f}, validation accuracy {metrics['eval']['accuracy']:.4f}"
+            )
         difference = max(
             float(np.abs(a - b).max())
-            for a, b in zip(load_model(scratch / "single" / "model.keras").get_weights(), load_model(workers[0] / "model.keras").get_weights())
+            for a, b in zip(
+                load_model(scratch / "single" / "model.keras").get_weights(),
+                load_model(workers[0] / "model.keras").get_weights(),
+            )
         )
         print(f"largest weight difference: {difference:.2e}")
-        print("outputs written by worker 1+:", sorted(p.name for w in workers[1:] for p in w.iterdir() if p.name != "params.yaml"))
+        print(
+            "outputs written by worker 1+:",
+            sorted(p.name for w in workers[1:] for p in w.iterdir() if p.name != "params.yaml"),
+        )
         seconds, megabytes = backup_seconds(args.compiled, scratch / "single" / "metrics", scratch)
         print(f"per-epoch backup: {seconds * 1000:.0f} ms (median of 11), {megabytes:.1f} MB")
 

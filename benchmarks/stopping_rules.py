@@ -80,10 +80,19 @@ def replay(curve: list[float], epochs: int, rule: dict[str, Any]) -> tuple[int, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="experiment names, git revs or TSV files")
-    parser.add_argument("--epochs", type=int, default=100, help="train.epochs of the runs (for the 'from' rules)")
+    parser.add_argument(
+        "--epochs", type=int, default=100, help="train.epochs of the runs (for the 'from' rules)"
+    )
     args = parser.parse_args()
-    curves = {run if not Path(run).is_file() else f"run {i}": read_curve(run) for i, run in enumerate(args.runs, 1)}
-    header = ["rule", *(f"{run}: stops, keeps (val acc)" for run in curves), "mean kept val acc", "mean epochs"]
+    curves = {
+        run if not Path(run).is_file() else f"run {i}": read_curve(run) for i, run in enumerate(args.runs, 1)
+    }
+    header = [
+        "rule",
+        *(f"{run}: stops, keeps (val acc)" for run in curves),
+        "mean kept val acc",
+        "mean epochs",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for name, rule in RULES.items():
         results = [replay(curve, args.epochs, rule) for curve in curves.values()]

@@ -154,10 +154,10 @@ def run_plain(data: Path, params: dict[str, Any], epochs: int) -> dict[str, Any]
 
 def run_stage(data: Path, params: dict[str, Any], epochs: int) -> dict[str, Any]:
     """What `python -m stages.train` does: same model, data loading, fit path and DVCLive logging."""
+    from classifier.core.params_schema import TrainParams
     from classifier.model.build import build_model, compile_model
     from classifier.model.runtime import configure_tensorflow
     from classifier.training.batches import load_images
-    from classifier.core.params_schema import TrainParams
     from classifier.training.fit import fit
 
     configure_tensorflow(seed=params["seed"], threads=params["train"]["threads"])
@@ -337,7 +337,9 @@ def summarize(
         }
     summary["speedup"] = summary["stage"]["samples_per_second"] / summary["plain"]["samples_per_second"]
     # CPU seconds do not count the time the process waits for a core (other jobs, a busy VM host).
-    summary["cpu_speedup"] = summary["plain"]["cpu_seconds_per_epoch"] / summary["stage"]["cpu_seconds_per_epoch"]
+    summary["cpu_speedup"] = (
+        summary["plain"]["cpu_seconds_per_epoch"] / summary["stage"]["cpu_seconds_per_epoch"]
+    )
     # What the same math costs at these kernels' own speed, nothing else counted: the floor of an epoch.
     batches = -(-first["train"] // params["train"]["batch_size"])
     summary["floor_seconds"] = {

@@ -17,17 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from classifier.core.errors import StageError, run
 from classifier.core.files import read_json
+from classifier.data.images import decode_image, is_image_name
 from classifier.export.exported import load_predictor
 from classifier.model.runtime import configure_tensorflow
-from classifier.data.images import decode_image, is_image_name
 
 DEFAULT_MODEL = Path("models/model.keras")
 DEFAULT_CLASSES = Path("data/prepared/classes.json")

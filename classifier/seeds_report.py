@@ -40,7 +40,11 @@ BEST = ("metrics/train/best.json", ("best", "val_accuracy"))
 STEPS = ("metrics/train/metrics.json", ("step",))
 ENVIRONMENT = "metrics/train/environment.json"
 TIME = ("metrics/timing/train.json", ("seconds",))
-MACHINE = ("cpu", "cpu_family_model", "widest_vectors")  # the machine column; other differing fields get their own
+MACHINE = (
+    "cpu",
+    "cpu_family_model",
+    "widest_vectors",
+)  # the machine column; other differing fields get their own
 
 
 @dataclass
@@ -74,10 +78,14 @@ def metric(data: dict[str, Any], where: tuple[str, tuple[str, ...]]) -> Any:
     return value
 
 
-def why_skipped(state: Any, rev: dict[str, Any], params: Any, values: list[Any], environment: Any) -> str | None:
+def why_skipped(
+    state: Any, rev: dict[str, Any], params: Any, values: list[Any], environment: Any
+) -> str | None:
     if state in ("queued", "running", "failed") or rev.get("error"):
         return state if state in ("queued", "running") else "failed"
-    missing = [w[0] for w, v in zip((TEST, BEST, STEPS), values) if v is None] + ([] if params else ["params.yaml"])
+    missing = [w[0] for w, v in zip((TEST, BEST, STEPS), values) if v is None] + (
+        [] if params else ["params.yaml"]
+    )
     if missing:
         return "no " + ", ".join(missing)
     return None if environment else f"no {ENVIRONMENT}: its machine is unknown"
@@ -161,7 +169,9 @@ def duration(values: list[float | None]) -> str:
 
 
 def cell(value: Any) -> str:
-    return (json.dumps(value) if isinstance(value, (list, bool)) or value is None else str(value)).replace("|", "\\|")
+    return (json.dumps(value) if isinstance(value, (list, bool)) or value is None else str(value)).replace(
+        "|", "\\|"
+    )
 
 
 def report(groups: list[Group], skipped: list[tuple[str, str, str]]) -> str:
@@ -189,7 +199,11 @@ def report(groups: list[Group], skipped: list[tuple[str, str, str]]) -> str:
     if any(r.seconds is None for g in groups for r in g.runs):
         lines += ["", f"train time: n/a for runs without {TIME[0]} (made before the train stage wrote it)."]
     if skipped:
-        lines += ["", "Skipped (not pooled):", *(f"- `{name}` ({rev[:7]}): {why}" for name, rev, why in skipped)]
+        lines += [
+            "",
+            "Skipped (not pooled):",
+            *(f"- `{name}` ({rev[:7]}): {why}" for name, rev, why in skipped),
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -33,7 +33,9 @@ def main() -> None:
     parser.add_argument("data_dir", type=Path, help="directory with train.npz, test.npz and classes.json")
     parser.add_argument("out_dir", type=Path, help="where the exported models go (models/export)")
     parser.add_argument("metrics_dir", type=Path, help="where metrics.json goes")
-    parser.add_argument("--timing", type=Path, help="where to write the latency of each format (a JSON metric)")
+    parser.add_argument(
+        "--timing", type=Path, help="where to write the latency of each format (a JSON metric)"
+    )
     args = parser.parse_args()
     params = load_params()
     threads = params.train.threads  # for the timings, LiteRT and ONNX too
@@ -64,7 +66,10 @@ def main() -> None:
         metrics[name] = parity(reference, predictor.predict(test_images), test_labels)
         metrics[name]["size_bytes"] = sizes[name]
     write_json(args.metrics_dir / "metrics.json", metrics)
-    latency = {name: round(median_latency_ms(predictor, test_images[:1]), 4) for name, predictor in predictors.items()}
+    latency = {
+        name: round(median_latency_ms(predictor, test_images[:1]), 4)
+        for name, predictor in predictors.items()
+    }
     if args.timing:
         write_json(args.timing, {"latency_ms": latency, "latency_runs": LATENCY_RUNS})
     for name, m in metrics.items():

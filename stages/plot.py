@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from classifier.reporting.history import read_history
-from classifier.reporting.metrics import confusion_matrix
 from classifier.core.errors import StageError, run
 from classifier.core.files import read_json
 from classifier.core.params import load_params
 from classifier.data.splits import load_split
 from classifier.reporting import charts
+from classifier.reporting.history import read_history
+from classifier.reporting.metrics import confusion_matrix
 
 
 def main() -> None:
@@ -42,10 +42,14 @@ def main() -> None:
     charts.plot_confusion(matrix, classes, args.out_dir / "confusion.png", size, dpi)
     images, _ = load_split(args.data_dir / "test.npz")
     if len(images) != len(actual):
-        raise StageError(f"{args.confusion}: {len(actual)} rows for {len(images)} test images; rerun evaluate")
+        raise StageError(
+            f"{args.confusion}: {len(actual)} rows for {len(images)} test images; rerun evaluate"
+        )
     count, out = plot.misclassified, args.out_dir / "misclassified.png"
     shown = charts.plot_misclassified(images, actual, predicted, confidence, classes, count, out, dpi)
-    print(f"plot: wrote loss, accuracy, per-class accuracy, confusion and {shown} misclassified images to {args.out_dir}")
+    print(
+        f"plot: wrote loss, accuracy, per-class accuracy, confusion and {shown} misclassified images to {args.out_dir}"
+    )
 
 
 if __name__ == "__main__":

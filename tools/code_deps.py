@@ -64,7 +64,9 @@ def stage_module(command: str) -> str:
     """`python -m stages.train ...` -> `stages.train`."""
     found = re.match(r"python -m (stages\.\w+)\b", command)
     if found is None:
-        raise SystemExit(f"error: dvc.yaml: a stage's cmd does not start with `python -m stages.<name>`: {command!r}")
+        raise SystemExit(
+            f"error: dvc.yaml: a stage's cmd does not start with `python -m stages.<name>`: {command!r}"
+        )
     return found.group(1)
 
 
@@ -92,7 +94,9 @@ def rewrite_dvc_yaml(project: Path) -> str:
             in_deps = True
             out.append(line)
             indent = "      - "
-            out.extend(f"{indent}{dep}\n" for dep in code_deps_of(project, stage_module(stages[stage]["cmd"])))
+            out.extend(
+                f"{indent}{dep}\n" for dep in code_deps_of(project, stage_module(stages[stage]["cmd"]))
+            )
             continue
         if in_deps and CODE_DEP.match(line):
             continue  # replaced above

@@ -45,7 +45,9 @@ def number(minimum: float, maximum: float, *, exclusive: bool = False) -> Any:
     if exclusive:
         says = Says(f"a number > {minimum} and < {maximum}")
         return Annotated[float, Field(gt=minimum, lt=maximum), AS_WRITTEN, says]
-    return Annotated[float, Field(ge=minimum, le=maximum), AS_WRITTEN, Says(f"a number >= {minimum} and <= {maximum}")]
+    return Annotated[
+        float, Field(ge=minimum, le=maximum), AS_WRITTEN, Says(f"a number >= {minimum} and <= {maximum}")
+    ]
 
 
 def below_one() -> Any:

@@ -9,9 +9,9 @@ import stat
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from tqdm import tqdm
 
@@ -47,9 +47,7 @@ def iter_members(path: Path, max_members: int, max_bytes: int) -> Iterator[Membe
         for raw_name, size, is_dir, read, position in source:
             count += 1
             if count > max_members:
-                raise StageError(
-                    f"{path}: more than {max_members:,} members (preprocess.limits.max_members)"
-                )
+                raise StageError(f"{path}: more than {max_members:,} members (preprocess.limits.max_members)")
             size_sum += size
             if size_sum > max_bytes:
                 raise StageError(

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from classifier.data.dataset import Dataset
 from classifier.core.errors import StageError
+from classifier.data.dataset import Dataset
 
 BINARY_SIDE = 32
 PIXELS = 3 * BINARY_SIDE * BINARY_SIDE

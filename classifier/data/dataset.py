@@ -82,8 +82,6 @@ def split_validation(
     order = np.random.default_rng(seed).permutation(len(labels))
     n_validation = max(1, round(len(labels) * fraction))
     if n_validation >= len(labels):
-        raise StageError(
-            f"preprocess.validation = {fraction} leaves no training images out of {len(labels)}"
-        )
+        raise StageError(f"preprocess.validation = {fraction} leaves no training images out of {len(labels)}")
     held_out, kept = order[:n_validation], order[n_validation:]
     return (images[kept], labels[kept]), (images[held_out], labels[held_out])

@@ -16,7 +16,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import requests
 import urllib3
@@ -156,9 +156,10 @@ class HttpDownload:
     def _receive(self, response: requests.Response, total: int | None) -> None:
         done = self.tmp.stat().st_size
         name = Path(urllib.parse.urlparse(self.url).path).name or "download"
-        with open(self.tmp, "ab") as out, tqdm(
-            total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024, desc=name
-        ) as bar:
+        with (
+            open(self.tmp, "ab") as out,
+            tqdm(total=total, initial=done, unit="B", unit_scale=True, unit_divisor=1024, desc=name) as bar,
+        ):
             while True:
                 try:  # the bytes as sent: a .tar.gz labelled Content-Encoding: gzip must stay gzipped
                     chunk = response.raw.read(CHUNK, decode_content=False)
@@ -210,9 +211,10 @@ def _describe(error: BaseException) -> str:
 
 
 def _copy_stream(source: BinaryIO, tmp: Path, size: int | None, label: str) -> None:
-    with open(tmp, "wb") as out, tqdm(
-        total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=label or "copy"
-    ) as bar:
+    with (
+        open(tmp, "wb") as out,
+        tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=label or "copy") as bar,
+    ):
         while chunk := source.read(CHUNK):
             out.write(chunk)
             bar.update(len(chunk))
@@ -263,4 +265,3 @@ def verify_checksum(path: Path, checksum: str, label: str) -> None:
             f"{label}: checksum mismatch: expected {algorithm}:{expected.lower()}, got {algorithm}:{actual} "
             "(set download.checksum to the right value, or null to skip the check)"
         )
-

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from classifier.data.dataset import Dataset, Options, carve_test
 from classifier.core.errors import StageError
+from classifier.data.dataset import Dataset, Options, carve_test
 from classifier.data.images import is_image_name
 
 SPLITS = ("train", "test")

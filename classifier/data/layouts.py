@@ -9,12 +9,19 @@ from pathlib import Path
 
 import numpy as np
 
-from classifier.data.archives import iter_members
-from classifier.data.cifar_binary import BINARY_FILES, BINARY_SIDE, CIFAR10_BATCH, CIFAR10_FILES, read_cifar10, read_cifar100
-from classifier.data.dataset import Dataset, Options
 from classifier.core.errors import StageError
-from classifier.data.image_folder import ImageFolder, build_image_dataset
+from classifier.data.archives import iter_members
+from classifier.data.cifar_binary import (
+    BINARY_FILES,
+    BINARY_SIDE,
+    CIFAR10_BATCH,
+    CIFAR10_FILES,
+    read_cifar10,
+    read_cifar100,
+)
+from classifier.data.dataset import Dataset, Options
 from classifier.data.decoder import ImageDecoder
+from classifier.data.image_folder import ImageFolder, build_image_dataset
 from classifier.data.images import BadImage, is_image_name, resize_images
 
 PICKLED_FOLDERS = ("cifar-10-batches-py", "cifar-100-python")

@@ -14,8 +14,9 @@ that does more than infer is refused), classifier/model/checks.py for .keras fil
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +88,9 @@ def load_predictor(path: str | os.PathLike, threads: int | None = None) -> Predi
         return _saved_model(path)
     suffix = path.suffix.lower()
     if suffix == ".keras":
-        return _keras(path)  # TensorFlow's threads are process-wide: classifier.model.runtime.configure_tensorflow
+        return _keras(
+            path
+        )  # TensorFlow's threads are process-wide: classifier.model.runtime.configure_tensorflow
     if suffix == ".tflite":
         return _litert(path, threads)
     if suffix == ".onnx":

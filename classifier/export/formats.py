@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from classifier.compat import saved_model_fingerprint
-from classifier.export import litert
 from classifier.core.files import atomic_folder, atomic_path, write_text
+from classifier.export import litert
 
 SAVED_MODEL = "saved_model"
 FLOAT32_TFLITE = "model_float32.tflite"

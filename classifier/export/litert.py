@@ -20,7 +20,8 @@ readable without TensorFlow (read_labels).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 

@@ -83,8 +83,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.runs < 1:
         parser.error(f"--runs must be at least 1, got {args.runs}")
-    from classifier.export.exported import load_predictor
     from classifier.core.files import write_json
+    from classifier.export.exported import load_predictor
     from classifier.model.runtime import configure_tensorflow
 
     configure_tensorflow(threads=args.threads)

@@ -15,8 +15,9 @@ import os
 import re
 import zipfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from classifier.core.errors import StageError
 
@@ -79,8 +80,10 @@ def _read_config(path: Path) -> Any:
                 raise StageError(f"{damaged}: no weights ({' or '.join(WEIGHTS)}) in the archive")
             for info in archive.infolist():
                 if info.file_size > BOMB_FLOOR and info.file_size > BOMB_RATIO * info.compress_size:
-                    raise StageError(f"{damaged}: {info.filename} inflates {info.file_size:,} bytes from "
-                                     f"{info.compress_size:,} (a decompression bomb)")
+                    raise StageError(
+                        f"{damaged}: {info.filename} inflates {info.file_size:,} bytes from "
+                        f"{info.compress_size:,} (a decompression bomb)"
+                    )
             bad = archive.testzip()  # reads every member: catches CRC errors and cut data
             if bad is not None:
                 raise StageError(f"{damaged}: {bad} is corrupt (CRC check failed)")

@@ -14,6 +14,7 @@ from classifier.core.errors import StageError, is_disk_full
 from classifier.core.files import FIXED_ZIP_DATE, atomic_path
 from classifier.model.checks import check_model_file, keras_failure
 
+
 def save_model(model: Any, path: str | os.PathLike) -> None:
     """Save a .keras model whose bytes depend only on its config and weights.
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from classifier.core.errors import StageError
 
@@ -32,7 +33,9 @@ def worker_from_tf_config(environ: dict[str, str] | None = None) -> tuple[int, i
     example = '{"cluster": {"worker": ["host0:port", "host1:port"]}, "task": {"type": "worker", "index": 0}}'
     raw = environ.get("TF_CONFIG")
     if not raw:
-        raise StageError(f"train.distribution = multi_worker needs the TF_CONFIG environment variable, like {example}")
+        raise StageError(
+            f"train.distribution = multi_worker needs the TF_CONFIG environment variable, like {example}"
+        )
     try:
         config = json.loads(raw)
         workers, task = config["cluster"]["worker"], config["task"]
@@ -143,7 +146,10 @@ def fit(
         except tf.errors.UnavailableError:  # another worker died: the collective ops are aborted
             lost = f"epoch {epoch + 1}: lost contact with another worker; restart every worker, they resume"
             raise StageError(lost) from None
-        print(f"Epoch {epoch + 1}/{epochs} - " + " - ".join(f"{name}: {value:.4f}" for name, value in logs.items()))
+        print(
+            f"Epoch {epoch + 1}/{epochs} - "
+            + " - ".join(f"{name}: {value:.4f}" for name, value in logs.items())
+        )
         callbacks.on_epoch_end(epoch, logs)
         if model.stop_training:  # set by early stopping
             break
