@@ -7,7 +7,7 @@ export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install repro test test-fast lock clean-venv deps
+.PHONY: install repro test test-fast lint coverage lock clean-venv deps
 
 # The venv, and the offline plots page's template that .dvc/config gives `dvc plots show` / `dvc plots diff`.
 install: $(VENV)/.installed plots_page/build/template.html
@@ -25,11 +25,22 @@ $(VENV)/.installed: requirements.lock
 repro: install
 	dvc repro
 
-test: install
+test: lint
 	python -m pytest
 
-test-fast: install
+test-fast: lint
 	python -m pytest -m "not e2e"
+
+lint: install
+	ruff check .
+	ruff format --check .
+
+# Line coverage of classifier/ and stages/, the stages that dvc runs in subprocesses included.
+coverage: install
+	rm -f .coverage .coverage.*
+	coverage run -m pytest
+	coverage combine -q
+	coverage report
 
 # Write each stage's code deps in dvc.yaml from what its command imports (tests/test_layout.py checks them).
 deps: install
