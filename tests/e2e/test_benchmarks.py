@@ -14,6 +14,8 @@ import pytest
 
 from conftest import PROJECT, make_cifar_binary_archive, make_image_folder, tool_env
 
+pytestmark = pytest.mark.e2e
+
 STAGES = ["download", "preprocess", "build_and_compile", "train", "evaluate", "plot", "export"]
 
 
@@ -55,7 +57,6 @@ def test_train_speed_runs_on_tiny_data(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.e2e
 def test_pipeline_timing_runs_every_stage_on_a_tiny_archive(tmp_path: Path) -> None:
     folder = make_image_folder(tmp_path / "images", train=10, test=4, ext="jpg")
     archive = tmp_path / "images.tar.gz"

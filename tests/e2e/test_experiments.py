@@ -16,6 +16,8 @@ from conftest import make_project, sh
 
 from classifier.files import atomic_path
 
+pytestmark = pytest.mark.e2e
+
 GRID = {(16, 0.001), (16, 0.01), (32, 0.001), (32, 0.01)}
 
 
@@ -113,7 +115,6 @@ def grid(clone_a: Path) -> Iterator[dict[str, Any]]:
         assert stop_queue_workers(clone_a) == [], "queue workers had to be killed"
 
 
-@pytest.mark.e2e
 def test_grid_runs_four_experiments_in_parallel_and_leaves_the_workspace_alone(grid: dict[str, Any]) -> None:
     runs = grid["experiments"]
     assert len(runs) == 4 and {grid_point(exp) for exp in runs.values()} == GRID
@@ -126,7 +127,6 @@ def test_grid_runs_four_experiments_in_parallel_and_leaves_the_workspace_alone(g
     assert grid["after"] == grid["before"], "git HEAD, git status and params.yaml are as they were"
 
 
-@pytest.mark.e2e
 def test_experiment_travels_to_another_clone_and_retrains_bit_for_bit(
     grid: dict[str, Any], clone_a: Path, origin: dict[str, Path], tmp_path: Path
 ) -> None:

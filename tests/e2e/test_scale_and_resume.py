@@ -19,6 +19,8 @@ from classifier.backup import DEFAULT_DIR
 from classifier.model_files import load_model
 from conftest import PROJECT, make_project, sh, tool_env
 
+pytestmark = pytest.mark.e2e
+
 EPOCHS = 2
 BATCH = 32  # 256 training images: every global batch splits evenly over 2 replicas
 
@@ -171,7 +173,6 @@ def tsv_steps(metrics: Path) -> list[int]:
     return [int(row.split("\t")[0]) for row in rows]
 
 
-@pytest.mark.e2e
 def test_killed_training_resumes_where_it_stopped_with_the_same_result(binary_archive: Path, tmp_path: Path) -> None:
     repo = make_project(tmp_path / "project", binary_archive, {"train.epochs": RESUME_EPOCHS})
     sh(repo, "dvc", "repro")
