@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
 import os
@@ -201,6 +202,13 @@ def sh(repo: Path, *args: str, check: bool = True, timeout: float = 900) -> subp
     return result
 
 
+def run_two_at_a_time(commands: list[dict[str, Any]]) -> list[subprocess.CompletedProcess]:
+    """subprocess.run(**kwargs) for each entry, two processes at once (the machine has 2 cores and each
+    command mostly waits on one: importing TensorFlow); the results in the order of `commands`."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda kwargs: subprocess.run(check=False, **kwargs), commands))
+
+
 def set_params(repo: Path, overrides: dict[str, Any]) -> None:
     """Set dotted keys (e.g. 'train.epochs') in repo/params.yaml."""
     path = repo / "params.yaml"
@@ -232,6 +240,34 @@ def make_project(where: Path, archive: Path, overrides: dict[str, Any] | None = 
     sh(where, "git", "add", "-A")
     sh(where, "git", "commit", "-qm", "project")
     return where
+
+
+def copy_repo(source: Path, where: Path) -> Path:
+    """A copy of a repo, .git and .dvc/cache (run cache included) too: far cheaper than running its pipeline
+    again, and the copy can be changed without touching the original."""
+    shutil.copytree(source, where, symlinks=True)
+    return where
+
+
+# The shared project's params beyond TINY_PARAMS: int8 calibration on 64 images (the export stage's speed).
+SHARED_PARAMS = {"export.calibration_images": 64}
+
+
+@pytest.fixture(scope="session")
+def fresh_project(tmp_path_factory: pytest.TempPathFactory, binary_archive: Path) -> Path:
+    """The project on the generated archive, committed, nothing run yet. Shared by the whole session: never
+    change it, take a copy_repo of it."""
+    return make_project(tmp_path_factory.mktemp("fresh") / "project", binary_archive, SHARED_PARAMS)
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory: pytest.TempPathFactory, fresh_project: Path) -> Path:
+    """A copy of fresh_project after one `dvc repro` of every stage, export included (outputs and dvc.lock
+    not committed): the one full pipeline many end-to-end tests read. Never change it: a test that does
+    takes a copy_repo of it."""
+    repo = copy_repo(fresh_project, tmp_path_factory.mktemp("pipeline") / "project")
+    sh(repo, "dvc", "repro")
+    return repo
 
 
 # ---------------------------------------------------------------------------------------------

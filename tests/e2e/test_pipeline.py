@@ -11,13 +11,13 @@ from typing import Iterator
 
 import numpy as np
 import pytest
-from conftest import MINI_JPG, make_project, set_params, sh
+from conftest import MINI_JPG, copy_repo, set_params, sh, sha256
 from PIL import Image
 
 from classifier.files import read_json
 from classifier.splits import load_split
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]  # may build the shared pipeline
 
 STAGES = ["download", "preprocess", "build_and_compile", "train", "evaluate", "plot", "export"]
 
@@ -34,12 +34,12 @@ def http_archive(binary_archive: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, binary_archive: Path, http_archive: str) -> Path:
-    """A project whose first `dvc repro` downloaded over HTTP and ran every stage."""
-    repo = make_project(tmp_path_factory.mktemp("pipeline") / "project", binary_archive)
+def built(tmp_path_factory: pytest.TempPathFactory, pipeline: Path, http_archive: str) -> Path:
+    """A copy of the shared pipeline (every stage run), then downloading over HTTP: only download reruns."""
+    repo = copy_repo(pipeline, tmp_path_factory.mktemp("pipeline") / "project")
     set_params(repo, {"download.url": http_archive})
     sh(repo, "git", "commit", "-qam", "download over http")
-    sh(repo, "dvc", "repro")
+    assert ran_stages(sh(repo, "dvc", "repro").stdout) == ["download"], "same bytes: nothing after download reruns"
     return repo
 
 
@@ -131,11 +131,12 @@ def test_plots_show_writes_its_page(built: Path) -> None:
     assert "loss.png" in page and "accuracy.png" in page
 
 
-def test_image_folder_path_on_real_cifar_jpegs(tmp_path: Path) -> None:
+def test_image_folder_path_on_real_cifar_jpegs(tmp_path: Path, fresh_project: Path) -> None:
     """The mini set of real CIFAR-10 JPEGs (100 train + 20 test per class) through download + preprocess."""
     if not MINI_JPG.exists():
         pytest.skip(f"{MINI_JPG} not present (only on the developers' and CI machines)")
-    repo = make_project(tmp_path / "project", MINI_JPG)
+    repo = copy_repo(fresh_project, tmp_path / "project")
+    set_params(repo, {"download.url": str(MINI_JPG), "download.checksum": sha256(MINI_JPG)})
     sh(repo, "dvc", "repro", "preprocess")
     classes = read_json(repo / "data/prepared/classes.json")
     assert len(classes) == 10 and classes[0] == "airplane" and classes[-1] == "truck"
@@ -150,8 +151,9 @@ def test_image_folder_path_on_real_cifar_jpegs(tmp_path: Path) -> None:
     assert 60 < train_images.mean() < 200  # real photos, not blank
 
 
-def test_wrong_checksum_fails_clearly_and_writes_nothing(tmp_path: Path, binary_archive: Path) -> None:
-    repo = make_project(tmp_path / "project", binary_archive, {"download.checksum": "md5:" + "0" * 32})
+def test_wrong_checksum_fails_clearly_and_writes_nothing(tmp_path: Path, fresh_project: Path) -> None:
+    repo = copy_repo(fresh_project, tmp_path / "project")
+    set_params(repo, {"download.checksum": "md5:" + "0" * 32})
     result = sh(repo, "dvc", "repro", "download", check=False)
     assert result.returncode != 0
     assert "checksum mismatch: expected md5:0000" in result.stderr + result.stdout
