@@ -12,11 +12,11 @@ from typing import Any, Iterator
 
 import pytest
 import yaml
-from conftest import make_project, sh
+from conftest import copy_repo, sh
 
 from classifier.files import atomic_path
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]  # the shared pipeline, then the grid
 
 GRID = {(16, 0.001), (16, 0.01), (32, 0.001), (32, 0.01)}
 
@@ -93,10 +93,13 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def clone_a(tmp_path_factory: pytest.TempPathFactory, binary_archive: Path, origin: dict[str, Path]) -> Path:
-    repo = make_project(tmp_path_factory.mktemp("a") / "project", binary_archive)
+def clone_a(tmp_path_factory: pytest.TempPathFactory, pipeline: Path, origin: dict[str, Path]) -> Path:
+    """A copy of the shared pipeline with its run committed: the grid's runs reuse download, preprocess and
+    build_and_compile from the cache and train from there."""
+    repo = copy_repo(pipeline, tmp_path_factory.mktemp("a") / "project")
     sh(repo, "dvc", "remote", "add", "-d", "storage", str(origin["dvc"]))
-    sh(repo, "git", "commit", "-qam", "DVC remote")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "pipeline run, DVC remote")
     sh(repo, "git", "remote", "add", "origin", str(origin["git"]))
     sh(repo, "git", "push", "-q", "origin", "main")
     return repo

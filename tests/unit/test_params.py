@@ -13,7 +13,7 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from conftest import PROJECT, make_project, sh, tool_env
+from conftest import PROJECT, copy_repo, sh, tool_env
 from classifier.errors import StageError
 from classifier.params import SCHEMA, _ParamsLoader, load_params
 
@@ -201,8 +201,8 @@ def test_every_stage_checks_params_before_tensorflow_or_data(tmp_path: Path, sta
 
 
 @pytest.mark.e2e
-def test_dvc_repro_stops_at_the_first_stage_on_a_typo(tmp_path: Path, binary_archive: Path) -> None:
-    repo = make_project(tmp_path / "project", binary_archive)
+def test_dvc_repro_stops_at_the_first_stage_on_a_typo(tmp_path: Path, fresh_project: Path) -> None:
+    repo = copy_repo(fresh_project, tmp_path / "project")
     text = (repo / "params.yaml").read_text()
     (repo / "params.yaml").write_text(text.replace("  epochs:", "  epoch:"))
     result = sh(repo, "dvc", "repro", check=False)
