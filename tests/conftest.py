@@ -206,7 +206,7 @@ def run_two_at_a_time(commands: list[dict[str, Any]]) -> list[subprocess.Complet
     """subprocess.run(**kwargs) for each entry, two processes at once (the machine has 2 cores and each
     command mostly waits on one: importing TensorFlow); the results in the order of `commands`."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        return list(pool.map(lambda kwargs: subprocess.run(check=False, **kwargs), commands))
+        return list(pool.map(lambda kwargs: subprocess.run(**{"check": False, **kwargs}), commands))
 
 
 def set_params(repo: Path, overrides: dict[str, Any]) -> None:

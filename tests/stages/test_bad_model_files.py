@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASSES, EVIL, MARKER, PROJECT, RUNS_CODE, tool_env, write_tiny_splits
+from conftest import CLASSES, EVIL, MARKER, PROJECT, RUNS_CODE, run_two_at_a_time, tool_env, write_tiny_splits
 from PIL import Image
 
 
@@ -115,15 +115,31 @@ def test_the_traps_are_armed(template, tmp_path):
         assert '"__lambda__"' in archive.read("config.json").decode()
 
 
-@pytest.mark.parametrize("command, model", CASES, ids=[f"{c}-{m}" for c, m in CASES])
-def test_a_bad_model_file_is_one_error_line(template, tmp_path, command, model):
-    work = shutil.copytree(template, tmp_path / "work")
-    before = snapshot(work)
-    env = {**tool_env(), "PYTHONPATH": str(PROJECT), "TMPDIR": str(tmp_path)}
-    result = subprocess.run(
-        [sys.executable, "-m", *commands(model)[command]],
-        cwd=work, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+def case_id(command: str, model: str) -> str:
+    return f"{command}-{model}"
+
+
+@pytest.fixture(scope="module")
+def ran(template, tmp_path_factory) -> dict[str, tuple[Path, dict, subprocess.CompletedProcess]]:
+    """Every case's command, each in its own copy of the template, two at a time: {case id: (workspace,
+    its snapshot before, the finished process)}."""
+    runs, commands_to_run = {}, []
+    for command, model in CASES:
+        tmp_path = tmp_path_factory.mktemp(case_id(command, model))
+        work = shutil.copytree(template, tmp_path / "work")
+        runs[case_id(command, model)] = (work, snapshot(work))
+        env = {**tool_env(), "PYTHONPATH": str(PROJECT), "TMPDIR": str(tmp_path)}
+        commands_to_run.append({
+            "args": [sys.executable, "-m", *commands(model)[command]],
+            "cwd": work, "env": env, "capture_output": True, "text": True, "timeout": 300,
+        })  # fmt: skip
+    results = run_two_at_a_time(commands_to_run)
+    return {key: (*value, result) for (key, value), result in zip(runs.items(), results)}
+
+
+@pytest.mark.parametrize("command, model", CASES, ids=[case_id(c, m) for c, m in CASES])
+def test_a_bad_model_file_is_one_error_line(ran, command, model):
+    work, before, result = ran[case_id(command, model)]
     output = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     assert result.returncode == 1, output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
