@@ -29,6 +29,17 @@ CLASSES = ["airplane", "automobile", "bird"]
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "classifier", ".dvcignore", "plots_page"]
 
 
+# pyproject's `timeout` (300 s) is for unit and stage tests; an end-to-end test runs several stages, each
+# starting TensorFlow, so without a timeout mark of its own it gets this many seconds before it fails.
+E2E_TIMEOUT = 600
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("e2e") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(E2E_TIMEOUT))
+
+
 def learnable_images(labels: np.ndarray, side: int = 32, seed: int = 0) -> np.ndarray:
     """Images whose class shows in their mean colour, so a tiny MLP beats chance in 2 epochs."""
     rng = np.random.default_rng(seed)
