@@ -216,8 +216,13 @@ def sh(repo: Path, *args: str, check: bool = True, timeout: float = 900) -> subp
 def run_two_at_a_time(commands: list[dict[str, Any]]) -> list[subprocess.CompletedProcess]:
     """subprocess.run(**kwargs) for each entry, two processes at once (the machine has 2 cores and each
     command mostly waits on one: importing TensorFlow); the results in the order of `commands`."""
+
+    def run(kwargs: dict[str, Any]) -> subprocess.CompletedProcess:
+        kwargs = dict(kwargs)
+        return subprocess.run(check=kwargs.pop("check", False), **kwargs)
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        return list(pool.map(lambda kwargs: subprocess.run(**{"check": False, **kwargs}), commands))
+        return list(pool.map(run, commands))
 
 
 def set_params(repo: Path, overrides: dict[str, Any]) -> None:
