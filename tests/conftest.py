@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
 import os
@@ -28,6 +29,17 @@ CLASSES = ["airplane", "automobile", "bird"]
 # What a copied project needs to run; data, models and metrics are made by the pipeline itself.
 # plots_page/ (with vendor/, not build/) and .dvc/config: plain `dvc plots show` writes the offline page.
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "classifier", ".dvcignore", "plots_page"]
+
+
+# pyproject's `timeout` (300 s) is for unit and stage tests; an end-to-end test runs several stages, each
+# starting TensorFlow, so without a timeout mark of its own it gets this many seconds before it fails.
+E2E_TIMEOUT = 600
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("e2e") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(E2E_TIMEOUT))
 
 
 def learnable_images(labels: np.ndarray, side: int = 32, seed: int = 0) -> np.ndarray:
@@ -87,13 +99,21 @@ def make_cifar_binary_archive(
     rng = np.random.default_rng(seed)
     with tarfile.open(path, "w:gz") as archive:
         add_bytes(archive, "cifar-10-batches-bin/batches.meta.txt", ("\n".join(classes) + "\n\n").encode())
-        for name, count in [(f"data_batch_{i}.bin", per_batch) for i in range(1, 6)] + [("test_batch.bin", test)]:
+        for name, count in [(f"data_batch_{i}.bin", per_batch) for i in range(1, 6)] + [
+            ("test_batch.bin", test)
+        ]:
             labels = rng.integers(0, len(classes), size=count)
-            add_bytes(archive, f"cifar-10-batches-bin/{name}", cifar_binary_bytes(learnable_images(labels, seed=seed), labels))
+            add_bytes(
+                archive,
+                f"cifar-10-batches-bin/{name}",
+                cifar_binary_bytes(learnable_images(labels, seed=seed), labels),
+            )
     return path
 
 
-def make_image_folder(root: Path, classes: list[str] = CLASSES, train: int = 20, test: int = 6, ext: str = "png") -> Path:
+def make_image_folder(
+    root: Path, classes: list[str] = CLASSES, train: int = 20, test: int = 6, ext: str = "png"
+) -> Path:
     """root/{train,test}/<class>/<n>.<ext> with generated images."""
     for split, count in (("train", train), ("test", test)):
         for label, name in enumerate(classes):
@@ -162,10 +182,10 @@ def binary_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A compiled tiny model and train/validation splits, as build_and_compile and preprocess make them."""
-    from classifier.model.build import build_model, compile_model
     from classifier.data.splits import save_split
-    from classifier.model.saving import save_model
+    from classifier.model.build import build_model, compile_model
     from classifier.model.runtime import configure_tensorflow
+    from classifier.model.saving import save_model
 
     root = tmp_path_factory.mktemp("inputs")
     rng = np.random.default_rng(1)
@@ -190,8 +210,14 @@ def tool_env() -> dict[str, str]:
     """The environment stages run in: this interpreter's venv first on PATH, no telemetry."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.update(DVC_NO_ANALYTICS="1", TF_CPP_MIN_LOG_LEVEL="2", GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="t@example.com",
-               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="t@example.com")
+    env.update(
+        DVC_NO_ANALYTICS="1",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        GIT_AUTHOR_NAME="test",
+        GIT_AUTHOR_EMAIL="t@example.com",
+        GIT_COMMITTER_NAME="test",
+        GIT_COMMITTER_EMAIL="t@example.com",
+    )
     return env
 
 
@@ -199,8 +225,22 @@ def sh(repo: Path, *args: str, check: bool = True, timeout: float = 900) -> subp
     """Run a command in `repo`; on failure the assertion shows its whole output."""
     result = subprocess.run(args, cwd=repo, env=tool_env(), capture_output=True, text=True, timeout=timeout)
     if check:
-        assert result.returncode == 0, f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        assert result.returncode == 0, (
+            f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
     return result
+
+
+def run_two_at_a_time(commands: list[dict[str, Any]]) -> list[subprocess.CompletedProcess]:
+    """subprocess.run(**kwargs) for each entry, two processes at once (the machine has 2 cores and each
+    command mostly waits on one: importing TensorFlow); the results in the order of `commands`."""
+
+    def run(kwargs: dict[str, Any]) -> subprocess.CompletedProcess:
+        kwargs = dict(kwargs)
+        return subprocess.run(check=kwargs.pop("check", False), **kwargs)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(run, commands))
 
 
 def set_params(repo: Path, overrides: dict[str, Any]) -> None:
@@ -221,7 +261,15 @@ def make_project(where: Path, archive: Path, overrides: dict[str, Any] | None = 
             shutil.copytree(source, where / name, ignore=shutil.ignore_patterns("__pycache__", "build"))
         elif source.exists():
             shutil.copy2(source, where / name)
-    set_params(where, {"download.url": str(archive), "download.checksum": sha256(archive), **TINY_PARAMS, **(overrides or {})})
+    set_params(
+        where,
+        {
+            "download.url": str(archive),
+            "download.checksum": sha256(archive),
+            **TINY_PARAMS,
+            **(overrides or {}),
+        },
+    )
     sh(where, "git", "init", "-q", "-b", "main")
     sh(where, "dvc", "init", "-q")
     shutil.copy2(PROJECT / ".dvc" / "config", where / ".dvc" / "config")  # plots.html_template, as committed
@@ -230,6 +278,34 @@ def make_project(where: Path, archive: Path, overrides: dict[str, Any] | None = 
     sh(where, "git", "add", "-A")
     sh(where, "git", "commit", "-qm", "project")
     return where
+
+
+def copy_repo(source: Path, where: Path) -> Path:
+    """A copy of a repo, .git and .dvc/cache (run cache included) too: far cheaper than running its pipeline
+    again, and the copy can be changed without touching the original."""
+    shutil.copytree(source, where, symlinks=True)
+    return where
+
+
+# The shared project's params beyond TINY_PARAMS: int8 calibration on 64 images (the export stage's speed).
+SHARED_PARAMS = {"export.calibration_images": 64}
+
+
+@pytest.fixture(scope="session")
+def fresh_project(tmp_path_factory: pytest.TempPathFactory, binary_archive: Path) -> Path:
+    """The project on the generated archive, committed, nothing run yet. Shared by the whole session: never
+    change it, take a copy_repo of it."""
+    return make_project(tmp_path_factory.mktemp("fresh") / "project", binary_archive, SHARED_PARAMS)
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory: pytest.TempPathFactory, fresh_project: Path) -> Path:
+    """A copy of fresh_project after one `dvc repro` of every stage, export included (outputs and dvc.lock
+    not committed): the one full pipeline many end-to-end tests read. Never change it: a test that does
+    takes a copy_repo of it."""
+    repo = copy_repo(fresh_project, tmp_path_factory.mktemp("pipeline") / "project")
+    sh(repo, "dvc", "repro")
+    return repo
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,11 +29,11 @@ import ipaddress
 import socket
 import ssl
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 BEHAVIOURS = {"ok", "norange", "drop-once", "drop-always", "stall-body", "stall-once", "busy-once",
               "gzip-encoded", "gzip-if-asked", "range-416", "wrong-range", "overlong"}  # fmt: skip
@@ -173,7 +173,7 @@ def self_signed_tls(folder: Path, hostname: str = "127.0.0.1") -> tuple[ssl.SSLC
         alt_name: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(hostname))
     except ValueError:
         alt_name = x509.DNSName(hostname)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -184,8 +184,11 @@ def self_signed_tls(folder: Path, hostname: str = "127.0.0.1") -> tuple[ssl.SSLC
     )  # fmt: skip
     cert_path, key_path = folder / f"{hostname}.crt", folder / f"{hostname}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_path, key_path)
     return context, cert_path

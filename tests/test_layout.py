@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tools.code_deps import imported_modules, project_imports, rewrite_dvc_yaml
+
 from conftest import PROJECT
 
 STAGES = ["download", "preprocess", "build_and_compile", "train", "evaluate", "plot", "export"]
@@ -45,13 +46,17 @@ def test_code_deps_are_exactly_the_files_the_stage_imports(name: str) -> None:
     module = re.match(r"python -m (stages\.\w+)\b", stage["cmd"]).group(1)
     imported = project_imports(PROJECT, module)
     listed = code_deps(stage)
-    assert not listed - imported, f"{name}: dvc.yaml lists files the stage does not import: {listed - imported}"
+    assert not listed - imported, (
+        f"{name}: dvc.yaml lists files the stage does not import: {listed - imported}"
+    )
     assert not imported - listed, f"{name}: dvc.yaml misses files the stage imports: {imported - listed}"
 
 
 def test_dvc_yaml_is_what_make_deps_writes() -> None:
     # The deps test above names what is wrong; this one says the fix is one command.
-    assert rewrite_dvc_yaml(PROJECT) == (PROJECT / "dvc.yaml").read_text(), "dvc.yaml is stale: run `make deps`"
+    assert rewrite_dvc_yaml(PROJECT) == (PROJECT / "dvc.yaml").read_text(), (
+        "dvc.yaml is stale: run `make deps`"
+    )
 
 
 def test_the_library_is_grouped_by_concern() -> None:
@@ -70,10 +75,16 @@ def test_the_import_reader_sees_imports_inside_functions(tmp_path: Path) -> None
     # The deps test above can fail: a lazy import inside a function counts as much as one at the top.
     (tmp_path / "stages").mkdir()
     (tmp_path / "classifier").mkdir()
-    (tmp_path / "stages" / "job.py").write_text("import os\n\ndef main():\n    from classifier.extra import thing\n")
+    (tmp_path / "stages" / "job.py").write_text(
+        "import os\n\ndef main():\n    from classifier.extra import thing\n"
+    )
     (tmp_path / "classifier" / "extra.py").write_text("from classifier import helper\nthing = 1\n")
     (tmp_path / "classifier" / "helper.py").write_text("")
-    assert imported_modules(tmp_path / "stages" / "job.py") == {"os", "classifier.extra", "classifier.extra.thing"}
+    assert imported_modules(tmp_path / "stages" / "job.py") == {
+        "os",
+        "classifier.extra",
+        "classifier.extra.thing",
+    }
     found = project_imports(tmp_path, "stages.job")
     assert found == {Path("stages/job.py"), Path("classifier/extra.py"), Path("classifier/helper.py")}
 
@@ -83,7 +94,9 @@ def test_no_stage_but_plot_imports_the_charts_and_no_data_stage_the_model_files(
     # never reruns the download or preprocess stage.
     users = {name: project_imports(PROJECT, f"stages.{name}") for name in STAGES}
     assert [name for name in STAGES if Path("classifier/reporting/charts.py") in users[name]] == ["plot"]
-    assert not {"download", "preprocess"} & {n for n in STAGES if Path("classifier/model/saving.py") in users[n]}
+    assert not {"download", "preprocess"} & {
+        n for n in STAGES if Path("classifier/model/saving.py") in users[n]
+    }
     no_tensorflow = [n for n in STAGES if not any("runtime.py" in str(p) for p in users[n])]
     assert no_tensorflow == ["download", "preprocess", "plot"]
 

@@ -14,6 +14,8 @@ import pytest
 
 from conftest import PROJECT, make_cifar_binary_archive, make_image_folder, tool_env
 
+pytestmark = pytest.mark.e2e
+
 STAGES = ["download", "preprocess", "build_and_compile", "train", "evaluate", "plot", "export"]
 
 
@@ -55,7 +57,6 @@ def test_train_speed_runs_on_tiny_data(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.e2e
 def test_pipeline_timing_runs_every_stage_on_a_tiny_archive(tmp_path: Path) -> None:
     folder = make_image_folder(tmp_path / "images", train=10, test=4, ext="jpg")
     archive = tmp_path / "images.tar.gz"
@@ -136,7 +137,11 @@ def test_stopping_rules_replays_a_noisy_curve_through_the_train_stages_early_sto
         f"import sys; sys.path.insert(0, 'benchmarks'); sys.argv = ['x', '--epochs', '20', {str(tsv)!r}]\n"
         f"import stopping_rules; stopping_rules.RULES = {rules!r}; stopping_rules.main()\n"
     )
-    rows = [line for line in run_script("-c", code).stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    rows = [
+        line
+        for line in run_script("-c", code).stdout.splitlines()
+        if line.startswith("| ") and "---" not in line
+    ]
     assert rows[1:] == [
         "| p3 | 8, 5 (0.6000) | 0.6000 | 8.0 |",
         "| p3 from 0.8 | 20, 20 (0.7200) | 0.7200 | 20.0 |",

@@ -29,18 +29,20 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_project, sh, tool_env
 
-pytestmark = pytest.mark.e2e
+from conftest import copy_repo, sh, tool_env
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]  # may build the shared pipeline
 
 WIDTH = 160
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, binary_archive) -> Path:
-    """The pipeline on tiny data, run once as an experiment named 'tiny' (so exp show has 3 rows)."""
-    repo = make_project(tmp_path_factory.mktemp("exp_show") / "repo", binary_archive)
+def project(tmp_path_factory, pipeline) -> Path:
+    """The pipeline on tiny data (a copy of the shared run), saved as an experiment named 'tiny' (so exp show
+    has 3 rows): every stage is up to date, so `dvc exp run` only records the results."""
+    repo = copy_repo(pipeline, tmp_path_factory.mktemp("exp_show") / "repo")
     sh(repo, "dvc", "exp", "run", "-n", "tiny")
     return repo
 

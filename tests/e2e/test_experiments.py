@@ -7,14 +7,18 @@ import json
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
-from conftest import make_project, sh
 
 from classifier.core.files import atomic_path
+
+from conftest import copy_repo, sh
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]  # the shared pipeline, then the grid
 
 GRID = {(16, 0.001), (16, 0.01), (32, 0.001), (32, 0.01)}
 
@@ -57,7 +61,10 @@ def wait_for_queue(repo: Path, timeout: float = 600) -> None:
 def stop_queue_workers(repo: Path, timeout: float = 60) -> list[int]:
     """Stop the celery workers `dvc queue start` spawned; return the pids that would not stop."""
     sh(repo, "dvc", "queue", "stop", "--kill", check=False)
-    pids = [json.loads(f.read_text())["pid"] for f in (repo / ".dvc/tmp/exps/celery").glob("dvc-exp-worker-*.json")]
+    pids = [
+        json.loads(f.read_text())["pid"]
+        for f in (repo / ".dvc/tmp/exps/celery").glob("dvc-exp-worker-*.json")
+    ]
     deadline = time.monotonic() + timeout
     while (alive := [pid for pid in pids if is_running(pid)]) and time.monotonic() < deadline:
         time.sleep(1)
@@ -91,10 +98,13 @@ def origin(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def clone_a(tmp_path_factory: pytest.TempPathFactory, binary_archive: Path, origin: dict[str, Path]) -> Path:
-    repo = make_project(tmp_path_factory.mktemp("a") / "project", binary_archive)
+def clone_a(tmp_path_factory: pytest.TempPathFactory, pipeline: Path, origin: dict[str, Path]) -> Path:
+    """A copy of the shared pipeline with its run committed: the grid's runs reuse download, preprocess and
+    build_and_compile from the cache and train from there."""
+    repo = copy_repo(pipeline, tmp_path_factory.mktemp("a") / "project")
     sh(repo, "dvc", "remote", "add", "-d", "storage", str(origin["dvc"]))
-    sh(repo, "git", "commit", "-qam", "DVC remote")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "pipeline run, DVC remote")
     sh(repo, "git", "remote", "add", "origin", str(origin["git"]))
     sh(repo, "git", "push", "-q", "origin", "main")
     return repo
@@ -104,7 +114,17 @@ def clone_a(tmp_path_factory: pytest.TempPathFactory, binary_archive: Path, orig
 def grid(clone_a: Path) -> Iterator[dict[str, Any]]:
     """Queue the 2x2 grid, run it on 2 parallel workers, and record the workspace before and after."""
     before = workspace(clone_a)
-    sh(clone_a, "dvc", "exp", "run", "--queue", "-S", "train.batch_size=16,32", "-S", "model.learning_rate=0.001,0.01")
+    sh(
+        clone_a,
+        "dvc",
+        "exp",
+        "run",
+        "--queue",
+        "-S",
+        "train.batch_size=16,32",
+        "-S",
+        "model.learning_rate=0.001,0.01",
+    )
     try:
         sh(clone_a, "dvc", "queue", "start", "-j", "2")
         wait_for_queue(clone_a)
@@ -113,7 +133,6 @@ def grid(clone_a: Path) -> Iterator[dict[str, Any]]:
         assert stop_queue_workers(clone_a) == [], "queue workers had to be killed"
 
 
-@pytest.mark.e2e
 def test_grid_runs_four_experiments_in_parallel_and_leaves_the_workspace_alone(grid: dict[str, Any]) -> None:
     runs = grid["experiments"]
     assert len(runs) == 4 and {grid_point(exp) for exp in runs.values()} == GRID
@@ -126,7 +145,6 @@ def test_grid_runs_four_experiments_in_parallel_and_leaves_the_workspace_alone(g
     assert grid["after"] == grid["before"], "git HEAD, git status and params.yaml are as they were"
 
 
-@pytest.mark.e2e
 def test_experiment_travels_to_another_clone_and_retrains_bit_for_bit(
     grid: dict[str, Any], clone_a: Path, origin: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -143,13 +161,21 @@ def test_experiment_travels_to_another_clone_and_retrains_bit_for_bit(
     assert json.loads(sh(b, "dvc", "status", "--json").stdout) == {}
     params = yaml.safe_load((b / "params.yaml").read_text())
     assert (params["train"]["batch_size"], params["model"]["learning_rate"]) == (32, 0.01)
-    assert json.loads((b / "metrics/evaluate/metrics.json").read_text()) == exp["metrics"]["metrics/evaluate/metrics.json"]
+    assert (
+        json.loads((b / "metrics/evaluate/metrics.json").read_text())
+        == exp["metrics"]["metrics/evaluate/metrics.json"]
+    )
 
     # Retrain alone, here, with no other job running: the bytes the parallel worker produced.
     output = sh(b, "dvc", "repro", "--force", "--single-item", "train").stdout
     assert "Running stage 'train'" in output
-    assert json.loads(sh(b, "dvc", "status", "--json").stdout) == {}, "same model bytes: evaluate is up to date"
-    assert json.loads((b / "metrics/train/metrics.json").read_text()) == exp["metrics"]["metrics/train/metrics.json"]
+    assert json.loads(sh(b, "dvc", "status", "--json").stdout) == {}, (
+        "same model bytes: evaluate is up to date"
+    )
+    assert (
+        json.loads((b / "metrics/train/metrics.json").read_text())
+        == exp["metrics"]["metrics/train/metrics.json"]
+    )
 
 
 def test_temporary_files_are_unique_and_beside_their_output(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from classifier.training.backup import damage
+
 from conftest import PROJECT, tool_env
 
 pytestmark = pytest.mark.e2e
@@ -39,7 +40,9 @@ def workdir(root: Path) -> Path:
 
 def train(inputs: Path, run: Path) -> subprocess.CompletedProcess:
     env = {**tool_env(), "PYTHONPATH": str(PROJECT)}
-    return subprocess.run(train_command(inputs), cwd=run, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        train_command(inputs), cwd=run, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def lines(text: str, prefix: str) -> list[str]:
@@ -47,7 +50,7 @@ def lines(text: str, prefix: str) -> list[str]:
 
 
 def whole_backups(run: Path) -> list[Path]:
-    return sorted(p for p in (run / "backup").glob("*/epoch-*") if p.name[len("epoch-"):].isdigit())
+    return sorted(p for p in (run / "backup").glob("*/epoch-*") if p.name[len("epoch-") :].isdigit())
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +69,12 @@ def killed(inputs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The backup folder of a run killed (SIGKILL, no clean-up) once two epochs were backed up."""
     run = workdir(tmp_path_factory.mktemp("killed") / "run")
     process = subprocess.Popen(
-        train_command(inputs), cwd=run, env={**tool_env(), "PYTHONPATH": str(PROJECT)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        train_command(inputs),
+        cwd=run,
+        env={**tool_env(), "PYTHONPATH": str(PROJECT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 300
@@ -118,7 +125,9 @@ def test_a_damaged_backup_is_dropped_and_the_run_resumes_from_the_one_before(
     where = f"backup/{latest.parent.name}"
     assert warning.startswith(f"warning: {where}: backup of epoch {epoch} is damaged ({why}")
     assert warning.endswith("); dropped")
-    assert lines(result.stdout, "train: resuming") == [f"train: resuming after epoch {epoch - 1} from {where}"]
+    assert lines(result.stdout, "train: resuming") == [
+        f"train: resuming after epoch {epoch - 1} from {where}"
+    ]
     assert f"Epoch {epoch}/{EPOCHS}" in result.stdout, "the dropped epoch is trained again"
     assert (run / "model.keras").read_bytes() == reference
     assert not (run / "backup").exists(), "a finished run deletes its backup"

@@ -10,20 +10,22 @@ semaphores live.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import re
 import shutil
 import subprocess
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+import yaml
 
-from conftest import assert_png, locked_outputs, make_image_folder, make_project, set_params, sh
+from conftest import assert_png, copy_repo, locked_outputs, make_image_folder, make_project, set_params, sh
 from local_http import file_server
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]  # may build the shared pipeline
 
 PAGE = 4096  # tmpfs sizes are whole pages
 
@@ -34,8 +36,9 @@ def tmpfs(folder: Path, size: int) -> Iterator[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     if shutil.which("mount") is None:
         pytest.skip("no mount command")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
@@ -45,24 +48,18 @@ def tmpfs(folder: Path, size: int) -> Iterator[Path]:
             subprocess.run(["umount", "--lazy", str(folder)], check=True)
 
 
-def copy_project(source: Path, where: Path) -> Path:
-    shutil.copytree(source, where, symlinks=True)
-    return where
+@pytest.fixture(scope="module")
+def fresh(fresh_project: Path) -> Path:
+    """The project, nothing run yet (the session's shared one). Every project of this module is a copy of it
+    or of `reference`: the code of all of them is the same, even while someone edits the working tree."""
+    return fresh_project
 
 
 @pytest.fixture(scope="module")
-def fresh(binary_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project, nothing run yet. Every project of this module is a copy of it: the code of all of them
-    is the same, even while someone edits the working tree."""
-    return make_project(tmp_path_factory.mktemp("fresh") / "project", binary_archive)
-
-
-@pytest.fixture(scope="module")
-def reference(fresh: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of `fresh` after `dvc repro plot` (every stage up to the charts) on a disk with room."""
-    repo = copy_project(fresh, tmp_path_factory.mktemp("reference") / "project")
-    sh(repo, "dvc", "repro", "plot")
-    return repo
+def reference(pipeline: Path) -> Path:
+    """`fresh` after `dvc repro` (every stage, export included) on a disk with room: the shared pipeline,
+    only read here."""
+    return pipeline
 
 
 def assert_one_disk_full_line(result: subprocess.CompletedProcess, path: str) -> str:
@@ -84,7 +81,7 @@ PREPARED = ["classes.json", "test.npz", "train.npz", "validation.npz"]
 
 
 def test_full_disk_while_preprocess_writes_its_splits(fresh: Path, reference: Path, tmp_path: Path) -> None:
-    repo = copy_project(fresh, tmp_path / "project")
+    repo = copy_repo(fresh, tmp_path / "project")
     sh(repo, "dvc", "repro", "download")
     # Room for a quarter of train.npz, the first split written: the disk fills up in the middle of the zip.
     size = (reference / "data/prepared/train.npz").stat().st_size // 4 // PAGE * PAGE
@@ -96,7 +93,9 @@ def test_full_disk_while_preprocess_writes_its_splits(fresh: Path, reference: Pa
     print(line)
 
     sh(repo, "dvc", "repro", "preprocess")
-    assert locked_outputs(repo) == {name: locked_outputs(reference)[name] for name in ("download", "preprocess")}
+    assert locked_outputs(repo) == {
+        name: locked_outputs(reference)[name] for name in ("download", "preprocess")
+    }
     for name in PREPARED:
         path = Path("data/prepared") / name
         assert (repo / path).read_bytes() == (reference / path).read_bytes(), name
@@ -106,7 +105,7 @@ def test_full_disk_while_preprocess_writes_its_splits(fresh: Path, reference: Pa
 def test_full_disk_while_download_writes_the_archive(
     source: str, fresh: Path, reference: Path, binary_archive: Path, tmp_path: Path
 ) -> None:
-    repo = copy_project(fresh, tmp_path / "project")
+    repo = copy_repo(fresh, tmp_path / "project")
     with file_server() as server:
         if source == "http":
             server.files[binary_archive.name] = binary_archive.read_bytes()
@@ -123,13 +122,21 @@ def test_full_disk_while_download_writes_the_archive(
 
 
 def test_full_disk_while_plot_writes_its_charts(fresh: Path, reference: Path, tmp_path: Path) -> None:
-    repo = copy_project(fresh, tmp_path / "project")
-    sh(repo, "dvc", "repro", "evaluate")
+    # Every stage up to evaluate as in `reference`, without training again; plot as if it never ran (no
+    # charts, no dvc.lock entry, no run cache), so that it really runs rather than being restored from the cache.
+    repo = copy_repo(reference, tmp_path / "project")
+    shutil.rmtree(repo / ".dvc/cache/runs")
+    for chart in (repo / "metrics/plots").iterdir():
+        chart.unlink()
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    del lock["stages"]["plot"]
+    (repo / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
     # Room for loss.png, the first chart, and one more page: accuracy.png, the second, does not fit.
     first = reference / "metrics/plots/loss.png"
     size = (math.ceil(first.stat().st_size / PAGE) + 1) * PAGE
     assert (reference / "metrics/plots/accuracy.png").stat().st_size > PAGE
     with tmpfs(repo / "metrics/plots", size) as mount:
+        assert set(json.loads(sh(repo, "dvc", "status", "--json").stdout)) == {"plot"}
         result = sh(repo, "dvc", "repro", "plot", check=False)
         line = assert_one_disk_full_line(result, "metrics/plots/accuracy.png")
         assert files_in(mount) == ["loss.png"], "a half-written chart, or a temporary file, is left"

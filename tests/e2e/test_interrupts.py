@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
-from conftest import CLASSES, PROJECT, add_bytes, locked_outputs, make_project, sh, tool_env
-from local_http import Handler, file_server
 from PIL import Image
 
 from classifier.training.backup import DEFAULT_DIR
+
+from conftest import CLASSES, PROJECT, add_bytes, locked_outputs, make_project, sh, tool_env
+from local_http import Handler, file_server
 
 pytestmark = pytest.mark.e2e
 

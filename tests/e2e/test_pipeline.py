@@ -6,18 +6,19 @@ import functools
 import http.server
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
-from conftest import MINI_JPG, make_project, set_params, sh
 from PIL import Image
 
 from classifier.core.files import read_json
 from classifier.data.splits import load_split
 
-pytestmark = pytest.mark.e2e
+from conftest import MINI_JPG, copy_repo, set_params, sh, sha256
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]  # may build the shared pipeline
 
 STAGES = ["download", "preprocess", "build_and_compile", "train", "evaluate", "plot", "export"]
 
@@ -34,12 +35,14 @@ def http_archive(binary_archive: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, binary_archive: Path, http_archive: str) -> Path:
-    """A project whose first `dvc repro` downloaded over HTTP and ran every stage."""
-    repo = make_project(tmp_path_factory.mktemp("pipeline") / "project", binary_archive)
+def built(tmp_path_factory: pytest.TempPathFactory, pipeline: Path, http_archive: str) -> Path:
+    """A copy of the shared pipeline (every stage run), then downloading over HTTP: only download reruns."""
+    repo = copy_repo(pipeline, tmp_path_factory.mktemp("pipeline") / "project")
     set_params(repo, {"download.url": http_archive})
     sh(repo, "git", "commit", "-qam", "download over http")
-    sh(repo, "dvc", "repro")
+    assert ran_stages(sh(repo, "dvc", "repro").stdout) == ["download"], (
+        "same bytes: nothing after download reruns"
+    )
     return repo
 
 
@@ -51,7 +54,10 @@ def test_repro_builds_every_output_metric_and_plot(built: Path, binary_archive: 
     assert (built / "data/raw/dataset.archive").read_bytes() == binary_archive.read_bytes()
     classes = read_json(built / "data/prepared/classes.json")
     assert classes == ["airplane", "automobile", "bird"]
-    sizes = {split: len(load_split(built / f"data/prepared/{split}.npz")[1]) for split in ("train", "validation", "test")}
+    sizes = {
+        split: len(load_split(built / f"data/prepared/{split}.npz")[1])
+        for split in ("train", "validation", "test")
+    }
     assert sizes == {"train": 270, "validation": 30, "test": 60}  # 5 batches of 60; 10% held out
 
     for name in ("compiled.keras", "model.keras", "summary.txt"):
@@ -131,11 +137,12 @@ def test_plots_show_writes_its_page(built: Path) -> None:
     assert "loss.png" in page and "accuracy.png" in page
 
 
-def test_image_folder_path_on_real_cifar_jpegs(tmp_path: Path) -> None:
+def test_image_folder_path_on_real_cifar_jpegs(tmp_path: Path, fresh_project: Path) -> None:
     """The mini set of real CIFAR-10 JPEGs (100 train + 20 test per class) through download + preprocess."""
     if not MINI_JPG.exists():
         pytest.skip(f"{MINI_JPG} not present (only on the developers' and CI machines)")
-    repo = make_project(tmp_path / "project", MINI_JPG)
+    repo = copy_repo(fresh_project, tmp_path / "project")
+    set_params(repo, {"download.url": str(MINI_JPG), "download.checksum": sha256(MINI_JPG)})
     sh(repo, "dvc", "repro", "preprocess")
     classes = read_json(repo / "data/prepared/classes.json")
     assert len(classes) == 10 and classes[0] == "airplane" and classes[-1] == "truck"
@@ -150,8 +157,9 @@ def test_image_folder_path_on_real_cifar_jpegs(tmp_path: Path) -> None:
     assert 60 < train_images.mean() < 200  # real photos, not blank
 
 
-def test_wrong_checksum_fails_clearly_and_writes_nothing(tmp_path: Path, binary_archive: Path) -> None:
-    repo = make_project(tmp_path / "project", binary_archive, {"download.checksum": "md5:" + "0" * 32})
+def test_wrong_checksum_fails_clearly_and_writes_nothing(tmp_path: Path, fresh_project: Path) -> None:
+    repo = copy_repo(fresh_project, tmp_path / "project")
+    set_params(repo, {"download.checksum": "md5:" + "0" * 32})
     result = sh(repo, "dvc", "repro", "download", check=False)
     assert result.returncode != 0
     assert "checksum mismatch: expected md5:0000" in result.stderr + result.stdout

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASSES, PROJECT, assert_png, make_project, sh
 
 from classifier.data.splits import load_split
 
-pytestmark = pytest.mark.e2e
+from conftest import CLASSES, PROJECT, assert_png, copy_repo, sh
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]  # may build the shared pipeline
 
 PNGS = {
     "metrics/plots/loss.png": (600, 400),
@@ -85,10 +86,10 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, binary_archive) -> Path:
-    """The pipeline run on tiny data and committed (make_project copies .dvc/config and builds the template)."""
-    repo = make_project(tmp_path_factory.mktemp("plots") / "repo", binary_archive)
-    sh(repo, "dvc", "repro")
+def project(tmp_path_factory, pipeline) -> Path:
+    """The pipeline run on tiny data (a copy of the shared run) and committed (make_project copies .dvc/config
+    and builds the template)."""
+    repo = copy_repo(pipeline, tmp_path_factory.mktemp("plots") / "repo")
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", "pipeline run")
     return repo
@@ -96,8 +97,9 @@ def project(tmp_path_factory, binary_archive) -> Path:
 
 @pytest.fixture(scope="module")
 def experiment(project) -> Path:
-    """The project plus one experiment (1 epoch) named 'short'."""
-    sh(project, "dvc", "exp", "run", "-n", "short", "-S", "train.epochs=1")
+    """The project plus one experiment (1 epoch) named 'short', run up to the plot stage (the plots page
+    never shows the export stage's outputs)."""
+    sh(project, "dvc", "exp", "run", "-n", "short", "-S", "train.epochs=1", "plot")
     return project
 
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import lock_without_timings, make_project, set_params, sh, tool_env
 from dvc.repo import Repo
 
-pytestmark = pytest.mark.e2e
+from conftest import copy_repo, lock_without_timings, set_params, sh, tool_env
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]  # the shared pipeline, then one more
 
 ALL = {"download", "preprocess", "build_and_compile", "train", "evaluate", "plot", "export"}
 # Changing any key of a group makes `dvc repro` rerun at most these stages (the README table).
@@ -29,9 +30,16 @@ RERUNS = {
     "export": {"export"},
 }
 # The stages whose own params change (what `dvc status` reports); by default the group's first stage.
-FIRST_STAGE = {"download": "download", "seed": "preprocess", "preprocess": "preprocess",
-               "model": "build_and_compile", "train": "train", "evaluate": "evaluate", "plot": "plot",
-               "export": "export"}
+FIRST_STAGE = {
+    "download": "download",
+    "seed": "preprocess",
+    "preprocess": "preprocess",
+    "model": "build_and_compile",
+    "train": "train",
+    "evaluate": "evaluate",
+    "plot": "plot",
+    "export": "export",
+}
 DIRECT = {
     "seed": {"preprocess", "build_and_compile", "train", "export"},
     "preprocess.image_size": {"preprocess", "build_and_compile"},
@@ -40,16 +48,18 @@ DIRECT = {
 
 
 @pytest.fixture(scope="module")
-def twins(tmp_path_factory: pytest.TempPathFactory, binary_archive: Path) -> list[Path]:
-    """Two independent repos that ran the whole pipeline on the same archive with the same params
-    (at the same time, to halve the wait: their bytes must not care)."""
-    repos = [make_project(tmp_path_factory.mktemp(name) / "project", binary_archive) for name in ("first", "second")]
-    runs = [subprocess.Popen(["dvc", "repro"], cwd=repo, env=tool_env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True) for repo in repos]
-    for run in runs:
-        output = run.communicate(timeout=900)[0]
-        assert run.returncode == 0, output
-    return repos
+def twins(tmp_path_factory: pytest.TempPathFactory, pipeline: Path, fresh_project: Path) -> list[Path]:
+    """Two independent repos that ran the whole pipeline on the same archive with the same params: a copy of
+    the shared pipeline, and a copy of the project from before it ran (no cache, no run cache), run again in
+    another folder at another time (their bytes must not care)."""
+    first = copy_repo(pipeline, tmp_path_factory.mktemp("first") / "project")
+    second = copy_repo(fresh_project, tmp_path_factory.mktemp("second") / "project")
+    assert not (second / "dvc.lock").exists() and not (second / ".dvc/cache/runs").exists(), "nothing ran yet"
+    run = subprocess.run(["dvc", "repro"], cwd=second, env=tool_env(), check=False, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, timeout=900)  # fmt: skip
+    assert run.returncode == 0, run.stdout
+    assert run.stdout.count("Running stage") == len(ALL), run.stdout
+    return [first, second]
 
 
 def digest(path: Path) -> str:
@@ -58,8 +68,13 @@ def digest(path: Path) -> str:
 
 def test_two_repos_train_byte_identical_models_and_equal_metrics(twins: list[Path]) -> None:
     first, second = twins
-    for output in ("models/compiled.keras", "models/model.keras", "data/prepared/train.npz",
-                   "data/prepared/validation.npz", "metrics/plots/loss.png"):
+    for output in (
+        "models/compiled.keras",
+        "models/model.keras",
+        "data/prepared/train.npz",
+        "data/prepared/validation.npz",
+        "metrics/plots/loss.png",
+    ):
         assert digest(first / output) == digest(second / output), output
     for metrics in ("metrics/train/metrics.json", "metrics/evaluate/metrics.json"):
         assert json.loads((first / metrics).read_text()) == json.loads((second / metrics).read_text())

@@ -18,18 +18,19 @@ import sys
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 import yaml
-from conftest import CLASSES, PROJECT, cifar_binary_bytes, learnable_images
-from local_http import FileServer, file_server, refused_url
 from PIL import Image
 
 from classifier.core.dotted_keys import set_dotted
+
+from conftest import CLASSES, PROJECT, cifar_binary_bytes, learnable_images, run_two_at_a_time
+from local_http import FileServer, file_server, refused_url
 
 RAW = "data/raw/dataset.archive"
 PAYLOAD = b"x" * 50_000
@@ -74,7 +75,12 @@ def png_header_only(width: int, height: int) -> bytes:
 
 
 def good_folder() -> dict[str, bytes]:
-    return {f"photos/{split}/{cls}/{i}.png": png() for split in ("train", "test") for cls in CLASSES for i in (1, 2)}
+    return {
+        f"photos/{split}/{cls}/{i}.png": png()
+        for split in ("train", "test")
+        for cls in CLASSES
+        for i in (1, 2)
+    }
 
 
 def member(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE, link: str = "") -> tuple:
@@ -302,10 +308,9 @@ def test_corpus_is_large_enough():
     assert len(CASES) >= 15
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_bad_input(name: str, server: FileServer, tmp_path: Path):
+def prepare(name: str, server: FileServer, ws: Path) -> tuple[dict, dict]:
+    """Case `name`'s workspace `ws`: its snapshot before the stage runs, and subprocess.run's arguments."""
     case = CASES[name]
-    ws = tmp_path / "ws"
     for folder in ("data/raw", "data/prepared", "metrics", ".tmp"):
         (ws / folder).mkdir(parents=True)
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
@@ -322,10 +327,31 @@ def test_bad_input(name: str, server: FileServer, tmp_path: Path):
         (ws / "metrics" / "preprocess.json").write_text("{}\n")
     before = snapshot(ws)
 
-    env = {**os.environ, "PYTHONPATH": str(PROJECT), "TMPDIR": str(ws / ".tmp"), "PYTHONDONTWRITEBYTECODE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", f"stages.{case.stage}", *args], cwd=ws, env=env, capture_output=True, text=True, timeout=60
-    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(PROJECT),
+        "TMPDIR": str(ws / ".tmp"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    command = {"args": [sys.executable, "-m", f"stages.{case.stage}", *args], "cwd": ws, "env": env,
+               "capture_output": True, "text": True, "timeout": 60}  # fmt: skip
+    return before, command
+
+
+@pytest.fixture(scope="module")
+def ran(server: FileServer, tmp_path_factory) -> dict[str, tuple[Path, dict, subprocess.CompletedProcess]]:
+    """Every case's stage, each in a workspace of its own, two processes at a time: {case: (workspace, its
+    snapshot before, the finished process)}."""
+    workspaces = {name: tmp_path_factory.mktemp("bad_input") / "ws" for name in CASES}
+    prepared = {name: prepare(name, server, ws) for name, ws in workspaces.items()}
+    results = run_two_at_a_time([command for _, command in prepared.values()])
+    return {name: (workspaces[name], prepared[name][0], result) for name, result in zip(CASES, results)}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(name: str, ran):
+    case = CASES[name]
+    ws, before, result = ran[name]
 
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 1, f"exit {result.returncode}\n{result.stderr}"

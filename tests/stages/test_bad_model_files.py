@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASSES, EVIL, MARKER, PROJECT, RUNS_CODE, tool_env, write_tiny_splits
 from PIL import Image
 
+from conftest import CLASSES, EVIL, MARKER, PROJECT, RUNS_CODE, run_two_at_a_time, tool_env, write_tiny_splits
 
 BAD = {  # file -> words its error line must hold
     "missing.keras": "model file not found",
@@ -58,7 +58,9 @@ def with_evil_activation(source: Path, target: Path) -> None:
             data = old.read(name)
             if name == "config.json":
                 config = json.loads(data)
-                dense = next(item for item in config["config"]["layers"] if item["config"]["name"] == "hidden_1")
+                dense = next(
+                    item for item in config["config"]["layers"] if item["config"]["name"] == "hidden_1"
+                )
                 dense["config"]["activation"] = {
                     "module": "evil", "class_name": "function", "config": "payload", "registered_name": "payload"
                 }  # fmt: skip
@@ -71,10 +73,10 @@ def template(tmp_path_factory) -> Path:
     """A workspace: params.yaml, every input the three commands read, evil.py and the bad model files."""
     import keras
 
-    from classifier.model.build import build_model, compile_model
-    from classifier.model.saving import save_model
-    from classifier.model.runtime import configure_tensorflow
     from classifier.data.splits import save_split
+    from classifier.model.build import build_model, compile_model
+    from classifier.model.runtime import configure_tensorflow
+    from classifier.model.saving import save_model
 
     root = tmp_path_factory.mktemp("bad_models")
     shutil.copy(PROJECT / "params.yaml", root / "params.yaml")
@@ -97,13 +99,17 @@ def template(tmp_path_factory) -> Path:
     with_evil_activation(scratch / "good.keras", root / "evil_function.keras")
     with contextlib.chdir(scratch):
         inputs = keras.Input((4,))
-        save_model(keras.Model(inputs, keras.layers.Lambda(RUNS_CODE, name="double")(inputs)), root / "lambda.keras")
+        save_model(
+            keras.Model(inputs, keras.layers.Lambda(RUNS_CODE, name="double")(inputs)), root / "lambda.keras"
+        )
         Path(MARKER).unlink()  # building the model called the lambda once, here in the test
     return root
 
 
 def snapshot(root: Path) -> dict[str, bytes | None]:
-    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))
+    }
 
 
 def test_the_traps_are_armed(template, tmp_path):
@@ -115,15 +121,31 @@ def test_the_traps_are_armed(template, tmp_path):
         assert '"__lambda__"' in archive.read("config.json").decode()
 
 
-@pytest.mark.parametrize("command, model", CASES, ids=[f"{c}-{m}" for c, m in CASES])
-def test_a_bad_model_file_is_one_error_line(template, tmp_path, command, model):
-    work = shutil.copytree(template, tmp_path / "work")
-    before = snapshot(work)
-    env = {**tool_env(), "PYTHONPATH": str(PROJECT), "TMPDIR": str(tmp_path)}
-    result = subprocess.run(
-        [sys.executable, "-m", *commands(model)[command]],
-        cwd=work, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+def case_id(command: str, model: str) -> str:
+    return f"{command}-{model}"
+
+
+@pytest.fixture(scope="module")
+def ran(template, tmp_path_factory) -> dict[str, tuple[Path, dict, subprocess.CompletedProcess]]:
+    """Every case's command, each in its own copy of the template, two at a time: {case id: (workspace,
+    its snapshot before, the finished process)}."""
+    runs, commands_to_run = {}, []
+    for command, model in CASES:
+        tmp_path = tmp_path_factory.mktemp(case_id(command, model))
+        work = shutil.copytree(template, tmp_path / "work")
+        runs[case_id(command, model)] = (work, snapshot(work))
+        env = {**tool_env(), "PYTHONPATH": str(PROJECT), "TMPDIR": str(tmp_path)}
+        commands_to_run.append({
+            "args": [sys.executable, "-m", *commands(model)[command]],
+            "cwd": work, "env": env, "capture_output": True, "text": True, "timeout": 300,
+        })  # fmt: skip
+    results = run_two_at_a_time(commands_to_run)
+    return {key: (*value, result) for (key, value), result in zip(runs.items(), results)}
+
+
+@pytest.mark.parametrize("command, model", CASES, ids=[case_id(c, m) for c, m in CASES])
+def test_a_bad_model_file_is_one_error_line(ran, command, model):
+    work, before, result = ran[case_id(command, model)]
     output = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     assert result.returncode == 1, output
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

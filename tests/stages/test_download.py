@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from local_http import FileServer, file_server
 
 from conftest import PROJECT
+from local_http import FileServer, file_server
 
 PAYLOAD = os.urandom(300_000)
 PAYLOAD_CHECKSUM = "sha256:" + hashlib.sha256(PAYLOAD).hexdigest()
@@ -45,7 +45,11 @@ def test_stage_resumes_a_dropped_download_end_to_end(server: FileServer, tmp_pat
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = subprocess.run(
         [sys.executable, "-m", "stages.download", "data/raw/dataset.archive"],
-        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(PROJECT)}, capture_output=True, text=True, timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(PROJECT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert "resuming at 150,000 bytes" in result.stderr

@@ -8,11 +8,12 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from conftest import PROJECT, tool_env
 
 from classifier.core.errors import StageError
 from classifier.core.params import validate_params
 from classifier.data.splits import save_split
+
+from conftest import PROJECT, tool_env
 
 LABELS = np.array([0, 0, 1, 2, 2])
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import PROJECT, assert_png, tool_env, write_history
 from PIL import Image
 
 from classifier.data.splits import save_split
+
+from conftest import PROJECT, assert_png, tool_env, write_history
 
 HISTORY = {
     "train": {"loss": [2.0, 1.4, 1.1, 0.9], "accuracy": [0.3, 0.5, 0.6, 0.7]},
@@ -31,7 +32,9 @@ def plot_run(tmp_path_factory) -> Path:
     (work / "classes.json").write_text('["airplane", "automobile", "bird"]')
     labels = np.repeat([0, 1, 2], 10)
     predicted = np.where(np.arange(30) % 4 == 0, (labels + 1) % 3, labels)
-    rows = [f"{classes[a]},{classes[p]},{0.5 + i / 100:.6f}" for i, (a, p) in enumerate(zip(labels, predicted))]
+    rows = [
+        f"{classes[a]},{classes[p]},{0.5 + i / 100:.6f}" for i, (a, p) in enumerate(zip(labels, predicted))
+    ]
     (work / "confusion.csv").write_text("actual,predicted,confidence\n" + "\n".join(rows) + "\n")
     images = np.random.default_rng(0).integers(0, 256, size=(30, 32, 32, 3), dtype=np.uint8)
     save_split(work / "test.npz", images, labels)

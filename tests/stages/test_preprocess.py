@@ -10,18 +10,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import (
-    tar_of, folder_files,
-    PROJECT,
-    make_cifar_binary_archive,
-    make_image_folder,
-    make_project,
-    set_params,
-    sh,
-)  # fmt: skip
 
 from classifier.core.dotted_keys import set_dotted
 from classifier.data.splits import load_split
+
+from conftest import (
+    PROJECT,
+    copy_repo,
+    folder_files,
+    make_image_folder,
+    set_params,
+    sh,
+    tar_of,
+)  # fmt: skip
 
 
 def run_stage(workdir: Path, raw: Path, overrides: dict | None = None) -> subprocess.CompletedProcess:
@@ -59,12 +60,14 @@ def test_stage_outputs_are_byte_reproducible_and_counted(tmp_path: Path):
 
 
 @pytest.mark.e2e
-def test_dvc_repro_on_an_image_folder_with_a_bad_image(tmp_path: Path):
+def test_dvc_repro_on_an_image_folder_with_a_bad_image(tmp_path: Path, fresh_project: Path):
     """download packs a folder, preprocess skips the bad photo, and `dvc metrics show` reports it."""
     photos = make_image_folder(tmp_path / "photos", train=8, test=2)
     (photos / "train" / "bird" / "broken.jpg").write_text("not a photo")
-    repo = make_project(tmp_path / "repo", make_cifar_binary_archive(tmp_path / "unused.tar.gz"))
-    set_params(repo, {"download.url": str(photos), "download.checksum": None, "preprocess.on_bad_image": "skip"})
+    repo = copy_repo(fresh_project, tmp_path / "repo")
+    set_params(
+        repo, {"download.url": str(photos), "download.checksum": None, "preprocess.on_bad_image": "skip"}
+    )
     sh(repo, "dvc", "repro", "preprocess")
     metrics = json.loads((repo / "metrics" / "preprocess.json").read_text())
     assert metrics["skipped_bad_images"] == 1 and metrics["train_images"] + metrics["validation_images"] == 24

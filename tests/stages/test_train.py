@@ -13,6 +13,7 @@ import yaml
 
 from classifier.core.errors import StageError
 from classifier.model.runtime import cpu_facts
+
 from conftest import PROJECT, tool_env
 
 
@@ -48,7 +49,10 @@ def test_train_stage_logs_every_epoch_with_dvclive(prepared: Path, tmp_path: Pat
     assert_best_epoch_is_the_historys_best(tmp_path / "metrics", result.stdout)
     # Where the result came from: two machines' experiments can be told apart (dvc metrics show).
     environment = json.loads((tmp_path / "metrics" / "environment.json").read_text())["environment"]
-    assert environment["tensorflow"] == tf_version() and environment["intra_op_threads"] == params["train"]["threads"]
+    assert (
+        environment["tensorflow"] == tf_version()
+        and environment["intra_op_threads"] == params["train"]["threads"]
+    )
     assert environment["cpu"] and environment["widest_vectors"] in ("AMX", "AVX-512", "AVX2", "AVX", "none")
 
 
@@ -60,7 +64,12 @@ def printed_history(stdout: str) -> list[dict[str, float]]:
 
 def dvclive_rows(metrics: Path) -> list[dict[str, float]]:
     """Every epoch DVCLive logged, as Keras names the values."""
-    names = {"accuracy": "train/accuracy", "loss": "train/loss", "val_accuracy": "eval/accuracy", "val_loss": "eval/loss"}
+    names = {
+        "accuracy": "train/accuracy",
+        "loss": "train/loss",
+        "val_accuracy": "eval/accuracy",
+        "val_loss": "eval/loss",
+    }
     columns = {}
     for key, series in names.items():
         rows = (metrics / "plots" / "metrics" / f"{series}.tsv").read_text().splitlines()[1:]
@@ -68,7 +77,9 @@ def dvclive_rows(metrics: Path) -> list[dict[str, float]]:
     return [dict(zip(columns, values)) for values in zip(*columns.values())]
 
 
-def assert_best_epoch_is_the_historys_best(metrics: Path, stdout: str, epochs_printed: int | None = None) -> dict:
+def assert_best_epoch_is_the_historys_best(
+    metrics: Path, stdout: str, epochs_printed: int | None = None
+) -> dict:
     """metrics/best.json holds the row of the highest val_accuracy (the earliest on ties), 1-based."""
     best = json.loads((metrics / "best.json").read_text())["best"]
     rows = dvclive_rows(metrics)
@@ -107,7 +118,9 @@ def test_best_epoch_with_early_stopping_and_after_a_resume(prepared: Path, tmp_p
     env = {**tool_env(), "PYTHONPATH": str(PROJECT)}
 
     def stage(where: Path, *args: str, code: int = 0) -> subprocess.CompletedProcess:
-        result = subprocess.run([sys.executable, *args], cwd=where, env=env, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [sys.executable, *args], cwd=where, env=env, capture_output=True, text=True, timeout=300
+        )
         assert result.returncode == code, result.stderr
         return result
 
@@ -115,18 +128,29 @@ def test_best_epoch_with_early_stopping_and_after_a_resume(prepared: Path, tmp_p
     for name in ("whole", "resumed"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "params.yaml").write_text(yaml.safe_dump(params))
-    stage(tmp_path / "whole", "-m", "stages.build_and_compile", str(prepared / "classes.json"), "compiled.keras", "summary.txt")
+    stage(
+        tmp_path / "whole",
+        "-m",
+        "stages.build_and_compile",
+        str(prepared / "classes.json"),
+        "compiled.keras",
+        "summary.txt",
+    )
     paths = [str(tmp_path / "whole" / "compiled.keras"), str(prepared), "model.keras", "metrics", "--backup-dir", "backup",
              "--timing", "timing/train.json"]  # fmt: skip
     runs["whole"] = stage(tmp_path / "whole", "-m", "stages.train", *paths)
     whole = assert_best_epoch_is_the_historys_best(tmp_path / "whole" / "metrics", runs["whole"].stdout)
-    assert 2 < len(dvclive_rows(tmp_path / "whole" / "metrics")) < 8, "early stopping ended the run after epoch 2"
+    assert 2 < len(dvclive_rows(tmp_path / "whole" / "metrics")) < 8, (
+        "early stopping ended the run after epoch 2"
+    )
 
     stage(tmp_path / "resumed", "-c", KILLED_AFTER_EPOCH_2, *paths, code=9)
     runs["resumed"] = stage(tmp_path / "resumed", "-m", "stages.train", *paths)
     assert "train: resuming after epoch 2" in runs["resumed"].stdout
     epochs = len(dvclive_rows(tmp_path / "whole" / "metrics"))
-    resumed = assert_best_epoch_is_the_historys_best(tmp_path / "resumed" / "metrics", runs["resumed"].stdout, epochs - 2)
+    resumed = assert_best_epoch_is_the_historys_best(
+        tmp_path / "resumed" / "metrics", runs["resumed"].stdout, epochs - 2
+    )
     assert resumed == whole
     assert dvclive_rows(tmp_path / "resumed" / "metrics") == dvclive_rows(tmp_path / "whole" / "metrics")
     # The epochs' times carry across the resume in the backups: every epoch is counted once.

@@ -6,7 +6,9 @@ import numpy as np
 
 
 def batch(count: int = 16, side: int = 8) -> np.ndarray:
-    return np.random.default_rng(0).integers(1, 256, (count, side, side, 3), dtype=np.uint8)  # no black pixels
+    return np.random.default_rng(0).integers(
+        1, 256, (count, side, side, 3), dtype=np.uint8
+    )  # no black pixels
 
 
 def augmented(images: np.ndarray, key: tuple[int, int], crop_padding: int, flip: bool) -> np.ndarray:
@@ -35,8 +37,12 @@ def test_crop_is_a_shifted_window_of_the_padded_image() -> None:
     padded = np.pad(images, [(0, 0), (padding, padding), (padding, padding), (0, 0)])
     shifts = set()
     for o, p in zip(out, padded):
-        windows = [(r, c) for r in range(2 * padding + 1) for c in range(2 * padding + 1)
-                   if np.array_equal(o, p[r : r + 8, c : c + 8])]
+        windows = [
+            (r, c)
+            for r in range(2 * padding + 1)
+            for c in range(2 * padding + 1)
+            if np.array_equal(o, p[r : r + 8, c : c + 8])
+        ]
         assert windows, "every output is one window of its padded image"
         shifts.add(windows[0])
     assert len(shifts) > 5, "offsets vary between images"

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from classifier.core.params import load_params
-from classifier.training.backup import Backup, model_variables, resume, run_key
 from classifier.core.files import DiskFull
+from classifier.core.params import load_params
 from classifier.model.saving import load_model
+from classifier.training.backup import Backup, model_variables, resume, run_key
+
 from conftest import PROJECT
 
 
@@ -37,7 +38,9 @@ def test_shuffle_order_depends_only_on_seed_and_epoch() -> None:
     first, second, first_again = order(0), order(1), order(0)
     assert sorted(first) == sorted(second) == list(range(10))
     assert first != second and first == first_again
-    assert order(1) == [int(i) for b in index_batches(10, 4, seed=7, epoch=tf.constant(1, tf.int64)) for i in b]
+    assert order(1) == [
+        int(i) for b in index_batches(10, 4, seed=7, epoch=tf.constant(1, tf.int64)) for i in b
+    ]
     # 10 rows in batches of 4 over 3 replicas: the last batch of 2 rows cannot feed 3 replicas.
     assert [len(b) for b in index_batches(10, 4, replicas=3)] == [4, 4]
     assert [len(b) for b in index_batches(10, 4, replicas=2)] == [4, 4, 2]
@@ -244,7 +247,9 @@ def test_too_little_free_space_stops_before_writing_the_backup(
     monkeypatch.setattr(files, "free_bytes", lambda path: 1_000_000)
     with pytest.raises(DiskFull, match=r"epoch-0003: the disk is full \(it needs 1\.\d MB, 1\.0 MB free\)"):
         backup.save(model, 3, metrics)
-    assert sorted(p.name for p in backup.dir.iterdir()) == ["epoch-0001", "epoch-0002"], "nothing half-written"
+    assert sorted(p.name for p in backup.dir.iterdir()) == ["epoch-0001", "epoch-0002"], (
+        "nothing half-written"
+    )
 
 
 def test_a_disk_filling_up_during_the_backup_is_one_disk_full_error(

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from classifier.model.runtime import configure_tensorflow
-from conftest import PROJECT, build_tiny_model as build
+
+from conftest import PROJECT
+from conftest import build_tiny_model as build
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -205,7 +207,12 @@ def test_the_new_options_resume_from_a_backup_and_stop_at_the_same_epoch(tmp_pat
     resumed.set_model(resumed_model)
     resumed.resume_from(backup.restore(resumed_model, 34, None))
     resumed.on_train_begin()
-    assert (resumed.ema, resumed.reference, resumed.wait, resumed.best) == (first.ema, first.reference, first.wait, first.best)
+    assert (resumed.ema, resumed.reference, resumed.wait, resumed.best) == (
+        first.ema,
+        first.reference,
+        first.wait,
+        first.best,
+    )
     for epoch in range(34, 100):
         feed(resumed, resumed_model, {epoch: curve[epoch]})
         if resumed_model.stop_training:

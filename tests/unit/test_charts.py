@@ -5,13 +5,14 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from conftest import assert_png, write_history
 
 from classifier.core.errors import StageError
 from classifier.reporting import charts
 from classifier.reporting.charts import most_confident_mistakes, plot_misclassified
 from classifier.reporting.history import best_epoch, read_history
 from classifier.reporting.metrics import confusion_matrix
+
+from conftest import assert_png, write_history
 
 HISTORY = {
     "train": {"loss": [2.0, 1.4, 1.1, 0.9], "accuracy": [0.3, 0.5, 0.6, 0.7]},

@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from classifier import compat
+
 from conftest import build_tiny_model
 
 
@@ -49,7 +50,9 @@ def test_saved_model_fingerprint_is_a_fingerprint_def(tmp_path: Path) -> None:
     module = tf.Module()
     module.double = tf.function(lambda x: 2 * x, input_signature=[tf.TensorSpec([None], tf.float32)])
     tf.saved_model.save(module, str(tmp_path / "saved"))
-    fingerprint = fingerprint_pb2.FingerprintDef.FromString(compat.saved_model_fingerprint(tmp_path / "saved"))
+    fingerprint = fingerprint_pb2.FingerprintDef.FromString(
+        compat.saved_model_fingerprint(tmp_path / "saved")
+    )
     assert fingerprint.saved_model_checksum != 0 and fingerprint.graph_def_program_hash != 0
 
 
@@ -94,5 +97,7 @@ def test_body_timeout_adapter_puts_its_connection_in_each_pool() -> None:
         request = requests.Request("GET", url).prepare()
         pool = adapter.get_connection_with_tls_context(request, verify=True)
         assert pool.conn_kw["body_timeout"] == 7.5
-        assert "getresponse" in vars(pool.ConnectionCls) or "getresponse" in vars(pool.ConnectionCls.__mro__[1])
+        assert "getresponse" in vars(pool.ConnectionCls) or "getresponse" in vars(
+            pool.ConnectionCls.__mro__[1]
+        )
         assert (pool.conn_kw.get("ssl_context") is context) == url.startswith("https")

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from classifier.training import distribute
 from classifier.core.errors import StageError
+from classifier.training import distribute
 
 
 @pytest.mark.parametrize(
@@ -15,8 +15,14 @@ from classifier.core.errors import StageError
     [
         (None, "needs the TF_CONFIG environment variable"),
         ("{not json", "is not accepted; expected JSON like"),
-        ('{"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "worker", "index": 0}}', "only 'worker' tasks"),
-        ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}}', "task index 2 is not one of the 2"),
+        (
+            '{"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "worker", "index": 0}}',
+            "only 'worker' tasks",
+        ),
+        (
+            '{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}}',
+            "task index 2 is not one of the 2",
+        ),
     ],
 )
 def test_tf_config_mistakes_are_one_line_errors(tf_config: str | None, message: str) -> None:

@@ -6,9 +6,10 @@ import copy
 
 import pytest
 import yaml
-from conftest import PROJECT
 
 from classifier.core.dotted_keys import flatten, set_dotted
+
+from conftest import PROJECT
 
 NESTED = {
     "seed": 1,

@@ -11,16 +11,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import hostile_models as hostile
 import numpy as np
 import pytest
-from conftest import MARKER, PROJECT, tool_env
 from PIL import Image
 
 from classifier.core.errors import StageError
 from classifier.core.params_schema import ACTIVATIONS
 from classifier.export.checks import check_exported
 from classifier.export.exported import load_predictor
+
+import hostile_models as hostile
+from conftest import MARKER, PROJECT, tool_env
 
 # file -> what its one error line must say after "<path>: refused: "
 REFUSED = {

@@ -12,16 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import PROJECT, learnable_images
 
-from classifier.export import litert
 from classifier.core.errors import StageError
-from classifier.export.formats import LABELS, export_all
 from classifier.core.files import atomic_folder
+from classifier.core.params import load_params
+from classifier.export import litert
 from classifier.export.checks import check_exported
 from classifier.export.exported import load_predictor
-from classifier.core.params import load_params
+from classifier.export.formats import LABELS, export_all
 from classifier.export.parity import check_float_agreement, parity
+
+from conftest import PROJECT, learnable_images
 
 CLASSES = ["airplane", "automobile", "bird"]
 FLOAT_FORMATS = ["saved_model", "litert_float32", "onnx"]

@@ -12,10 +12,11 @@ import warnings
 from pathlib import Path
 
 import pytest
-from local_http import FileServer, file_server, refused_url, self_signed_tls, unanswered_url
 
 from classifier.core.errors import StageError
 from classifier.data.fetch import CHUNK, HttpDownload, Network, fetch, pack_directory
+
+from local_http import FileServer, file_server, refused_url, self_signed_tls, unanswered_url
 
 # Short waits so that timeouts and retries cost tests well under a second each.
 FAST = Network(connect_timeout=0.5, read_timeout=0.5, retries=2, retry_delay=0.01)
@@ -142,7 +143,9 @@ def test_404_fails_at_once_without_retrying(server: FileServer, tmp_path: Path):
 def test_stalled_body_times_out_after_the_retries(server: FileServer, tmp_path: Path):
     url = f"{server.url}/stall-body/data.tar.gz"
     started = time.monotonic()
-    with pytest.raises(StageError, match=r"timed out reading .*download\.read_timeout.*gave up after 3 attempts"):
+    with pytest.raises(
+        StageError, match=r"timed out reading .*download\.read_timeout.*gave up after 3 attempts"
+    ):
         fetch(url, tmp_path / "out", None, FAST)
     assert time.monotonic() - started < 10
     assert leftovers(tmp_path) == []
@@ -170,7 +173,9 @@ def test_connection_refused_is_retried_then_reported(tmp_path: Path):
 
 
 def test_connection_dropped_every_time_is_an_error(server: FileServer, tmp_path: Path):
-    with pytest.raises(StageError, match=r"connection closed after [\d,]+ of 300,000 bytes .*gave up after 3"):
+    with pytest.raises(
+        StageError, match=r"connection closed after [\d,]+ of 300,000 bytes .*gave up after 3"
+    ):
         fetch(f"{server.url}/drop-always/data.tar.gz", tmp_path / "out", None, FAST)
     assert leftovers(tmp_path) == []
     ranges = server.seen("/drop-always/data.tar.gz")

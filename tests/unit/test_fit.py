@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import PROJECT
 
 from classifier.core.params import validate_params
 from classifier.core.params_schema import Params
 from classifier.model.runtime import configure_tensorflow
+
+from conftest import PROJECT
 
 TRAIN = {"batch_size": 16, "epochs": 2, "threads": 2, "steps_per_execution": 2, "jit_compile": True}
 

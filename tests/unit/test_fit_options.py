@@ -12,12 +12,13 @@ from unittest import mock
 import numpy as np
 import pytest
 import yaml
-from conftest import PROJECT, write_tiny_splits
 
 from classifier.core.params import validate_params
 from classifier.data.splits import load_split
 from classifier.model.saving import save_model
 from classifier.training.backup import Backup
+
+from conftest import PROJECT, write_tiny_splits
 
 TRAIN = {
     "batch_size": 16, "epochs": 4, "threads": 1, "steps_per_execution": 2, "jit_compile": True,

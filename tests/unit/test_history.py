@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import write_history
 
 from classifier.core.errors import StageError
 from classifier.reporting.history import best_epoch, best_step, read_history
+
+from conftest import write_history
 
 HISTORY = {
     "train": {"accuracy": [0.3, 0.5, 0.6, 0.7], "loss": [1.5, 1.2, 1.0, 0.9]},

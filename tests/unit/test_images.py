@@ -7,12 +7,13 @@ import signal
 
 import numpy as np
 import pytest
-from conftest import encode
 from PIL import Image
 
 from classifier.core.errors import Interrupted, StageError
 from classifier.data.decoder import ImageDecoder, decode_images
 from classifier.data.images import decode_image, fit_image
+
+from conftest import encode
 
 
 def solid(mode: str, colour, size=(40, 30)) -> Image.Image:

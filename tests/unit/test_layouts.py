@@ -9,20 +9,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import (
-    encode, tar_of, zip_of, folder_files,
-    CLASSES, PROJECT,
-    MINI_JPG,
-    learnable_images,
-)  # fmt: skip
 from PIL import Image
 
+from classifier.core.errors import StageError
+from classifier.core.params import load_params
 from classifier.data.archives import iter_members
 from classifier.data.dataset import Options
-from classifier.core.errors import StageError
 from classifier.data.decoder import ImageDecoder
 from classifier.data.layouts import read_dataset
-from classifier.core.params import load_params
+
+from conftest import (
+    CLASSES,
+    MINI_JPG,
+    PROJECT,
+    encode,
+    folder_files,
+    learnable_images,
+    tar_of,
+    zip_of,
+)  # fmt: skip
 
 DEFAULT_PARAMS = load_params(PROJECT / "params.yaml")
 
@@ -60,7 +65,6 @@ def test_cifar10_binary_resized_to_another_image_size(binary_archive: Path):
 
 
 def make_cifar100(path: Path, train: int = 40, test: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(1)
     coarse_names, fine_names = ["animal", "thing"], ["cat", "dog", "cup", "pen"]
     labels = {}
     files = {
@@ -166,4 +170,6 @@ def test_real_mini_jpeg_archive():
     assert dataset.train_images.shape == (1000, 32, 32, 3) and dataset.test_images.shape == (200, 32, 32, 3)
     with tarfile.open(MINI_JPG) as archive:  # the first airplane, decoded by Pillow directly
         member = archive.extractfile("cifar10-jpg-mini/train/airplane/0000.jpg").read()
-    np.testing.assert_array_equal(dataset.train_images[0], np.asarray(Image.open(io.BytesIO(member)).convert("RGB")))
+    np.testing.assert_array_equal(
+        dataset.train_images[0], np.asarray(Image.open(io.BytesIO(member)).convert("RGB"))
+    )

@@ -99,5 +99,7 @@ def test_confusion_rows_are_the_data_of_the_dvc_confusion_plot():
     # DVC's confusion template (dvc.yaml: x actual, y predicted) counts these rows per cell.
     rows = confusion_rows(LABELS, PROBABILITIES, CLASSES)
     # ... and the plot stage reads the probability of each prediction back for the misclassified grid.
-    expected = "actual,predicted,confidence\na,a,0.700000\na,b,0.600000\nb,b,0.800000\nc,a,0.500000\nc,c,0.500000\n"
+    expected = (
+        "actual,predicted,confidence\na,a,0.700000\na,b,0.600000\nb,b,0.800000\nc,a,0.500000\nc,c,0.500000\n"
+    )
     assert rows == expected

@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import PROJECT
 
 from classifier.model.build import build_model, compile_model
-from classifier.model.saving import load_model, save_model
 from classifier.model.runtime import configure_tensorflow
+from classifier.model.saving import load_model, save_model
+
+from conftest import PROJECT
 from conftest import build_tiny_model as build
 
 
@@ -19,7 +20,9 @@ from conftest import build_tiny_model as build
 def recipe_model():
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     configure_tensorflow(seed=params["seed"])
-    model = build_model(params["preprocess"]["image_size"], 10, params["model"]["hidden_units"], params["model"]["activation"])
+    model = build_model(
+        params["preprocess"]["image_size"], 10, params["model"]["hidden_units"], params["model"]["activation"]
+    )
     settings = params["model"]
     compile_model(model, settings["optimizer"], settings["learning_rate"], settings["loss"])
     return model
@@ -69,7 +72,8 @@ def layer_types(model) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "normalization, norm_layer", [("none", None), ("batch", "BatchNormalization"), ("layer", "LayerNormalization")]
+    "normalization, norm_layer",
+    [("none", None), ("batch", "BatchNormalization"), ("layer", "LayerNormalization")],
 )
 def test_normalization_follows_each_hidden_layer(normalization: str, norm_layer: str | None) -> None:
     model = build([16, 16], normalization=normalization)

@@ -18,10 +18,16 @@ import numpy as np
 import pytest
 
 from classifier.core.errors import StageError
-from conftest import EVIL, MARKER, RUNS_CODE
 from classifier.model.saving import _keras_load, load_model, save_model
 
-EVIL_FUNCTION = {"module": "evil", "class_name": "function", "config": "payload", "registered_name": "payload"}
+from conftest import EVIL, MARKER, RUNS_CODE
+
+EVIL_FUNCTION = {
+    "module": "evil",
+    "class_name": "function",
+    "config": "payload",
+    "registered_name": "payload",
+}
 
 
 def rewrite(source: Path, target: Path, edit=None, drop=(), replace=None, stored=False) -> Path:
@@ -111,7 +117,10 @@ def h5_file(path: Path) -> Path:
 
 def zip_bomb(folder: Path, target: Path) -> Path:
     """config.json and a model.weights.h5 that inflates 300 MB of zeros from about 300 KB."""
-    with zipfile.ZipFile(folder / "good.keras") as good, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as out:
+    with (
+        zipfile.ZipFile(folder / "good.keras") as good,
+        zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as out,
+    ):
         out.writestr("config.json", good.read("config.json"))
         with out.open("model.weights.h5", "w") as weights:
             for _ in range(300):

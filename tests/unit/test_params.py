@@ -7,15 +7,17 @@ import json
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
 
-from conftest import PROJECT, make_project, sh, tool_env
 from classifier.core.errors import StageError
 from classifier.core.params import SCHEMA, _ParamsLoader, load_params
+
+from conftest import PROJECT, copy_repo, sh, tool_env
 
 TRAIN_KEYS = ", ".join(SCHEMA["train"])
 
@@ -73,10 +75,16 @@ def test_numbers_are_read_as_dvc_reads_them(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "change, expected",
     [
-        (lambda p: p["train"].update(epoch=p["train"].pop("epochs")),
-         "unknown key 'train.epoch'; did you mean 'train.epochs'? (accepted keys here: " + TRAIN_KEYS + ")"),
-        (lambda p: p["train"].update(learning_rate=0.01),
-         "unknown key 'train.learning_rate'; did you mean 'model.learning_rate'?"),
+        (
+            lambda p: p["train"].update(epoch=p["train"].pop("epochs")),
+            "unknown key 'train.epoch'; did you mean 'train.epochs'? (accepted keys here: "
+            + TRAIN_KEYS
+            + ")",
+        ),
+        (
+            lambda p: p["train"].update(learning_rate=0.01),
+            "unknown key 'train.learning_rate'; did you mean 'model.learning_rate'?",
+        ),
         (lambda p: p.update(epochs=10), "unknown key 'epochs'; did you mean 'train.epochs'?"),
         (lambda p: p.update(sede=1), "unknown key 'sede'; did you mean 'seed'?"),
     ],
@@ -89,15 +97,41 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path: Path, change, expected
 @pytest.mark.parametrize(
     "change, expected",
     [
-        (lambda p: p["train"].update(epochs="ten"), "train.epochs = 'ten' is not accepted; expected an integer from 1 to"),
-        (lambda p: p["train"].update(batch_size=32.0), "train.batch_size = 32.0 is not accepted; expected an integer"),
+        (
+            lambda p: p["train"].update(epochs="ten"),
+            "train.epochs = 'ten' is not accepted; expected an integer from 1 to",
+        ),
+        (
+            lambda p: p["train"].update(batch_size=32.0),
+            "train.batch_size = 32.0 is not accepted; expected an integer",
+        ),
         (lambda p: p["train"].update(epochs=True), "train.epochs = True is not accepted"),
-        (lambda p: p.update(seed="42"), "seed = '42' is not accepted; expected an integer from 0 to 2147483647"),
-        (lambda p: p["model"].update(hidden_units=512), "model.hidden_units = 512 is not accepted; expected a list"),
-        (lambda p: p["model"].update(learning_rate="fast"), "model.learning_rate = 'fast' is not accepted; expected a number"),
-        (lambda p: p["download"].update(checksum="c32a1d4a"), "download.checksum = 'c32a1d4a' is not accepted; expected null or 'md5:"),
+        (
+            lambda p: p.update(seed="42"),
+            "seed = '42' is not accepted; expected an integer from 0 to 2147483647",
+        ),
+        (
+            lambda p: p["model"].update(hidden_units=512),
+            "model.hidden_units = 512 is not accepted; expected a list",
+        ),
+        (
+            lambda p: p["model"].update(learning_rate="fast"),
+            "model.learning_rate = 'fast' is not accepted; expected a number",
+        ),
+        (
+            lambda p: p["download"].update(checksum="c32a1d4a"),
+            "download.checksum = 'c32a1d4a' is not accepted; expected null or 'md5:",
+        ),
     ],
-    ids=["str-for-int", "float-for-int", "bool-for-int", "quoted-seed", "int-for-list", "str-for-float", "bare-checksum"],
+    ids=[
+        "str-for-int",
+        "float-for-int",
+        "bool-for-int",
+        "quoted-seed",
+        "int-for-list",
+        "str-for-float",
+        "bare-checksum",
+    ],
 )
 def test_wrong_type_names_key_value_and_accepted(tmp_path: Path, change, expected: str) -> None:
     assert f"params.yaml: {expected}" in error_for(tmp_path, change)
@@ -106,17 +140,40 @@ def test_wrong_type_names_key_value_and_accepted(tmp_path: Path, change, expecte
 @pytest.mark.parametrize(
     "change, expected",
     [
-        (lambda p: p["train"].update(epochs=0), "train.epochs = 0 is not accepted; expected an integer from 1 to 100000"),
-        (lambda p: p["train"].update(batch_size=-1), "train.batch_size = -1 is not accepted; expected an integer from 1 to"),
-        (lambda p: p["preprocess"].update(validation=1.5),
-         "preprocess.validation = 1.5 is not accepted; expected a number > 0.0 and < 1.0 or 'test'"),
+        (
+            lambda p: p["train"].update(epochs=0),
+            "train.epochs = 0 is not accepted; expected an integer from 1 to 100000",
+        ),
+        (
+            lambda p: p["train"].update(batch_size=-1),
+            "train.batch_size = -1 is not accepted; expected an integer from 1 to",
+        ),
+        (
+            lambda p: p["preprocess"].update(validation=1.5),
+            "preprocess.validation = 1.5 is not accepted; expected a number > 0.0 and < 1.0 or 'test'",
+        ),
         (lambda p: p["preprocess"].update(validation=0), "preprocess.validation = 0 is not accepted"),
-        (lambda p: p["model"].update(learning_rate=0.0), "model.learning_rate = 0.0 is not accepted; expected a number > 0.0"),
+        (
+            lambda p: p["model"].update(learning_rate=0.0),
+            "model.learning_rate = 0.0 is not accepted; expected a number > 0.0",
+        ),
         (lambda p: p["model"].update(hidden_units=[512, 0]), "model.hidden_units = [512, 0] is not accepted"),
         (lambda p: p["train"].update(threads=0), "train.threads = 0 is not accepted"),
-        (lambda p: p["plot"].update(dpi=5), "plot.dpi = 5 is not accepted; expected an integer from 20 to 600"),
+        (
+            lambda p: p["plot"].update(dpi=5),
+            "plot.dpi = 5 is not accepted; expected an integer from 20 to 600",
+        ),
     ],
-    ids=["epochs-0", "batch-size-negative", "validation-1.5", "validation-0", "learning-rate-0", "units-0", "threads-0", "dpi"],
+    ids=[
+        "epochs-0",
+        "batch-size-negative",
+        "validation-1.5",
+        "validation-0",
+        "learning-rate-0",
+        "units-0",
+        "threads-0",
+        "dpi",
+    ],
 )
 def test_out_of_range_value_names_the_range(tmp_path: Path, change, expected: str) -> None:
     assert f"params.yaml: {expected}" in error_for(tmp_path, change)
@@ -127,7 +184,11 @@ def test_out_of_range_value_names_the_range(tmp_path: Path, change, expected: st
     [
         ("activation", "Relu", "expected one of relu, sigmoid, tanh, elu, selu, gelu,"),
         ("optimizer", "adm", "expected one of adam, adamw, sgd, rmsprop,"),
-        ("loss", "categorical_crossentropi", "expected one of categorical_crossentropy, sparse_categorical_crossentropy"),
+        (
+            "loss",
+            "categorical_crossentropi",
+            "expected one of categorical_crossentropy, sparse_categorical_crossentropy",
+        ),
     ],
 )
 def test_unknown_name_lists_the_known_ones(tmp_path: Path, key: str, value: str, expected: str) -> None:
@@ -139,8 +200,14 @@ def test_unknown_name_lists_the_known_ones(tmp_path: Path, key: str, value: str,
 @pytest.mark.parametrize(
     "change, expected",
     [
-        (lambda p: p["train"].pop("epochs"), "missing key 'train.epochs' (expected an integer from 1 to 100000)"),
-        (lambda p: p.pop("plot"), "missing key 'plot' (expected a mapping with keys dpi, width, height, misclassified)"),
+        (
+            lambda p: p["train"].pop("epochs"),
+            "missing key 'train.epochs' (expected an integer from 1 to 100000)",
+        ),
+        (
+            lambda p: p.pop("plot"),
+            "missing key 'plot' (expected a mapping with keys dpi, width, height, misclassified)",
+        ),
     ],
 )
 def test_missing_key_says_what_belongs_there(tmp_path: Path, change, expected: str) -> None:
@@ -168,7 +235,9 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(StageError, match=r"^params.yaml: file not found \(run the stage from the project root\)$"):
+    with pytest.raises(
+        StageError, match=r"^params.yaml: file not found \(run the stage from the project root\)$"
+    ):
         load_params()
 
 
@@ -188,21 +257,29 @@ def test_every_stage_checks_params_before_tensorflow_or_data(tmp_path: Path, sta
     missing input files) and without importing TensorFlow (`-X importtime` lists every import)."""
     write_params(tmp_path, lambda p: p["train"].update(epoch=p["train"].pop("epochs")))
     result = subprocess.run(
-        stage_commands()[stage], cwd=tmp_path, env={**tool_env(), "PYTHONPATH": str(PROJECT)},
-        capture_output=True, text=True, timeout=120,
+        stage_commands()[stage],
+        cwd=tmp_path,
+        env={**tool_env(), "PYTHONPATH": str(PROJECT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     lines = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
-    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
+    imported = {
+        line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line
+    }
     assert result.returncode == 1, result.stderr[-2000:]
-    assert lines == ["error: params.yaml: unknown key 'train.epoch'; did you mean 'train.epochs'? "
-                     "(accepted keys here: " + TRAIN_KEYS + ")"]
+    assert lines == [
+        "error: params.yaml: unknown key 'train.epoch'; did you mean 'train.epochs'? "
+        "(accepted keys here: " + TRAIN_KEYS + ")"
+    ]
     assert not imported & {"tensorflow", "keras", "dvclive"}
     assert list(tmp_path.iterdir()) == [tmp_path / "params.yaml"], "nothing written"
 
 
 @pytest.mark.e2e
-def test_dvc_repro_stops_at_the_first_stage_on_a_typo(tmp_path: Path, binary_archive: Path) -> None:
-    repo = make_project(tmp_path / "project", binary_archive)
+def test_dvc_repro_stops_at_the_first_stage_on_a_typo(tmp_path: Path, fresh_project: Path) -> None:
+    repo = copy_repo(fresh_project, tmp_path / "project")
     text = (repo / "params.yaml").read_text()
     (repo / "params.yaml").write_text(text.replace("  epochs:", "  epoch:"))
     result = sh(repo, "dvc", "repro", check=False)
@@ -288,10 +365,26 @@ def test_importing_params_does_not_import_tensorflow() -> None:
 @pytest.mark.parametrize(
     "key, value, expected",
     [
-        ("early_stopping_from", 1.0, "train.early_stopping_from = 1.0 is not accepted; expected a number >= 0.0 and < 1.0"),
-        ("early_stopping_from", -0.1, "train.early_stopping_from = -0.1 is not accepted; expected a number >= 0.0 and < 1.0"),
-        ("early_stopping_min_delta", 2, "train.early_stopping_min_delta = 2 is not accepted; expected a number >= 0.0 and <= 1.0"),
-        ("early_stopping_smoothing", 1, "train.early_stopping_smoothing = 1 is not accepted; expected a number >= 0.0 and < 1.0"),
+        (
+            "early_stopping_from",
+            1.0,
+            "train.early_stopping_from = 1.0 is not accepted; expected a number >= 0.0 and < 1.0",
+        ),
+        (
+            "early_stopping_from",
+            -0.1,
+            "train.early_stopping_from = -0.1 is not accepted; expected a number >= 0.0 and < 1.0",
+        ),
+        (
+            "early_stopping_min_delta",
+            2,
+            "train.early_stopping_min_delta = 2 is not accepted; expected a number >= 0.0 and <= 1.0",
+        ),
+        (
+            "early_stopping_smoothing",
+            1,
+            "train.early_stopping_smoothing = 1 is not accepted; expected a number >= 0.0 and < 1.0",
+        ),
         ("keep_best", "yes", "train.keep_best = 'yes' is not accepted; expected true or false"),
     ],
 )

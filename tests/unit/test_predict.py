@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MINI_JPG, PROJECT, tool_env
 from PIL import Image
 
 from classifier import predict
 from classifier.data.images import decode_image
+
+from conftest import MINI_JPG, PROJECT, run_two_at_a_time, tool_env
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # sys.modules[name] = None makes `import name` fail: predict must work where DVC is not installed.
@@ -29,8 +30,8 @@ WITHOUT_DVC = (
 def project(tmp_path_factory) -> Path:
     """Laid out like the project after `dvc repro`: models/model.keras, data/prepared/classes.json."""
     from classifier.model.build import build_model
-    from classifier.model.saving import save_model
     from classifier.model.runtime import configure_tensorflow
+    from classifier.model.saving import save_model
 
     root = tmp_path_factory.mktemp("predict")
     configure_tensorflow(seed=0)
@@ -47,16 +48,18 @@ def model(project):
     return load_model(project / "models" / "model.keras")
 
 
-def run_predict(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+def predict_command(cwd: Path, *args: str) -> dict:
+    """subprocess.run's arguments for `python -m classifier.predict ARGS` in `cwd`, without DVC."""
     env = {**tool_env(), "PYTHONPATH": str(PROJECT)}
-    return subprocess.run(
-        [sys.executable, "-c", WITHOUT_DVC, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return {
+        "args": [sys.executable, "-c", WITHOUT_DVC, *args],
+        "cwd": cwd,
+        "env": env,
+        "capture_output": True,
+        "text": True,
+        "timeout": 300,
+        "check": False,
+    }
 
 
 def expected_top(model, files: list[Path], k: int = 3) -> list[list[tuple[str, float]]]:
@@ -132,11 +135,49 @@ def bad(photos, good) -> list[Path]:
     return [folder / "notes.txt", folder / "empty.png", folder / "truncated.jpg", folder / "missing.jpg"]
 
 
+EXPORTED = ["saved_model", "litert_float32", "litert_int8", "onnx"]
+
+
 @pytest.fixture(scope="module")
-def mixed_run(project, good, bad) -> subprocess.CompletedProcess:
-    # Bad files between good ones: each must fail alone.
-    paths = [str(p) for p in [good[0], *bad[:2], *good[1:], *bad[2:]]]
-    return run_predict(project, *paths, "--json")
+def mini_jpegs(tmp_path_factory) -> Path | None:
+    """A folder of the cat and ship test JPEGs of the mini set of real CIFAR-10 images (None without it)."""
+    if not MINI_JPG.exists():
+        return None
+    folder = tmp_path_factory.mktemp("mini")
+    with tarfile.open(MINI_JPG) as archive:
+        members = [m for m in archive if m.isfile() and ("/test/cat/" in m.name or "/test/ship/" in m.name)]
+        archive.extractall(folder, members=members, filter="data")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cli_runs(
+    project, photos, good, bad, exported, mini_jpegs, tmp_path_factory
+) -> dict[str, subprocess.CompletedProcess]:
+    """Every command line the tests below check, run up front two processes at a time (each launch costs
+    seconds of TensorFlow): {name: finished process}."""
+    (project / "three.json").write_text('["a", "b", "c"]')
+    commands = {
+        # Bad files between good ones: each must fail alone.
+        "mixed": predict_command(
+            project, *[str(p) for p in [good[0], *bad[:2], *good[1:], *bad[2:]]], "--json"
+        ),
+        "folder": predict_command(project, str(photos / "good")),
+        "three classes": predict_command(project, str(good[0]), "--classes", "three.json"),
+        "no model": predict_command(tmp_path_factory.mktemp("no_model"), str(good[0])),
+        **{
+            name: predict_command(project, *map(str, good[:4]), "--json", "--model", str(exported[name]))
+            for name in EXPORTED
+        },
+    }
+    if mini_jpegs is not None:
+        commands["real jpegs"] = predict_command(project, str(mini_jpegs), "--json", "--top-k", "2")
+    return dict(zip(commands, run_two_at_a_time(list(commands.values()))))
+
+
+@pytest.fixture(scope="module")
+def mixed_run(cli_runs) -> subprocess.CompletedProcess:
+    return cli_runs["mixed"]
 
 
 def test_every_size_and_mode_is_classified_as_preprocess_would(mixed_run, model, good):
@@ -156,8 +197,8 @@ def test_each_bad_file_gets_one_error_line_and_the_exit_code_says_so(mixed_run, 
     assert {item["path"] for item in json.loads(mixed_run.stdout) if "error" in item} == {str(f) for f in bad}
 
 
-def test_folder_gives_a_table_of_its_images_only(project, photos, good, model):
-    result = run_predict(project, str(photos / "good"))
+def test_folder_gives_a_table_of_its_images_only(cli_runs, good, model):
+    result = cli_runs["folder"]  # predict_command(project, str(photos / "good"))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0].split() == ["image", "#1", "#2", "#3"]
@@ -167,17 +208,16 @@ def test_folder_gives_a_table_of_its_images_only(project, photos, good, model):
         assert line.split()[1:] == [part for name, p in expected for part in (name, f"{p:.1%}")]
 
 
-def test_classes_that_do_not_fit_the_model_are_a_one_line_error(project, good):
-    (project / "three.json").write_text('["a", "b", "c"]')
-    result = run_predict(project, str(good[0]), "--classes", "three.json")
+def test_classes_that_do_not_fit_the_model_are_a_one_line_error(cli_runs):
+    result = cli_runs["three classes"]  # --classes three.json: ["a", "b", "c"]
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "error: three.json: 3 class names, but the model predicts 10 classes"
     )
 
 
-def test_missing_model_is_a_one_line_error(tmp_path, good):
-    result = run_predict(tmp_path, str(good[0]))
+def test_missing_model_is_a_one_line_error(cli_runs):
+    result = cli_runs["no model"]  # in an empty folder
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == "error: models/model.keras: model file not found"
 
@@ -187,21 +227,17 @@ def test_missing_model_is_a_one_line_error(tmp_path, good):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_real_jpegs_match_the_preprocessed_test_set(project, model, tmp_path):
-    if not MINI_JPG.exists():
+def test_real_jpegs_match_the_preprocessed_test_set(cli_runs, model, mini_jpegs):
+    if mini_jpegs is None:
         pytest.skip(f"{MINI_JPG} not found")
     from classifier.core.params import load_params
     from classifier.data.dataset import Options
     from classifier.data.layouts import read_dataset
 
-    folder = tmp_path / "mini"
-    with tarfile.open(MINI_JPG) as archive:
-        members = [m for m in archive if m.isfile() and ("/test/cat/" in m.name or "/test/ship/" in m.name)]
-        archive.extractall(folder, members=members, filter="data")
-    files = sorted(folder.rglob("*.jpg"))
+    files = sorted(mini_jpegs.rglob("*.jpg"))
     assert len(files) >= 20
 
-    result = run_predict(project, str(folder), "--json", "--top-k", "2")
+    result = cli_runs["real jpegs"]  # predict_command(project, str(mini_jpegs), "--json", "--top-k", "2")
     assert result.returncode == 0, result.stderr
     answers = json.loads(result.stdout)
     assert [a["path"] for a in answers] == [str(f) for f in files]
@@ -259,9 +295,9 @@ def exported(project) -> dict[str, Path]:
     return export_all(model, CIFAR10, calibration, project / "models" / "export")
 
 
-@pytest.mark.parametrize("name", ["saved_model", "litert_float32", "litert_int8", "onnx"])
-def test_predict_takes_every_exported_format(project, exported, good, model, name):
-    result = run_predict(project, *map(str, good[:4]), "--json", "--model", str(exported[name]))
+@pytest.mark.parametrize("name", EXPORTED)
+def test_predict_takes_every_exported_format(cli_runs, good, model, name):
+    result = cli_runs[name]  # predict_command(project, good[:4], "--json", "--model", exported[name])
     assert result.returncode == 0, result.stderr
     answers = json.loads(result.stdout)
     assert [a["path"] for a in answers] == [str(p) for p in good[:4]]

@@ -14,7 +14,8 @@ import yaml
 from classifier.core.dotted_keys import flatten
 from classifier.core.errors import StageError
 from classifier.core.params import load_params
-from conftest import PROJECT, make_project, sh, tool_env
+
+from conftest import PROJECT, copy_repo, sh, tool_env
 
 sys.path.insert(0, str(PROJECT / "recipes"))
 import run as recipe  # noqa: E402  (recipes/run.py)
@@ -73,14 +74,17 @@ def test_a_bad_recipe_fails_before_dvc_runs(tmp_path: Path, content: str, messag
 
 
 @pytest.mark.e2e
-def test_recipe_runs_as_a_named_experiment(binary_archive: Path, tmp_path: Path) -> None:
-    repo = make_project(tmp_path / "project", binary_archive)
+@pytest.mark.timeout(900)  # may build the shared pipeline
+def test_recipe_runs_as_a_named_experiment(pipeline: Path, tmp_path: Path) -> None:
+    # A copy of the shared pipeline, its run committed: the experiment starts from the cached data.
+    repo = copy_repo(pipeline, tmp_path / "project")
     shutil.copytree(PROJECT / "recipes", repo / "recipes", ignore=shutil.ignore_patterns("__pycache__"))
     sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "recipes")
-    # Small enough for a test: the user's -S come after the recipe's and win.
+    sh(repo, "git", "commit", "-qm", "pipeline run, recipes")
+    # Small enough for a test: the user's -S come after the recipe's and win; like any other argument of
+    # dvc exp run, a target stage passes through (evaluate: the metrics checked here, no charts or exports).
     result = sh(repo, sys.executable, "recipes/run.py", "recipes/better-mlp.yaml",
-                "-S", "train.epochs=2", "-S", "model.hidden_units=[32,32,32]")  # fmt: skip
+                "-S", "train.epochs=2", "-S", "model.hidden_units=[32,32,32]", "evaluate")  # fmt: skip
     assert "recipe: dvc exp run --name better-mlp" in result.stdout
     shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
     experiments = [exp for commit in shown for exp in (commit.get("experiments") or [])]

@@ -16,6 +16,8 @@ def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
     assert float(schedule(600)) == pytest.approx(0.005)  # halfway through the decay
     assert float(schedule(1000)) == pytest.approx(0.0, abs=1e-9)
     peak = rates.index(max(rates))
-    assert rates[: peak + 1] == sorted(rates[: peak + 1]) and rates[peak:] == sorted(rates[peak:], reverse=True)
+    assert rates[: peak + 1] == sorted(rates[: peak + 1]) and rates[peak:] == sorted(
+        rates[peak:], reverse=True
+    )
     no_warmup = learning_rate_schedule(0.01, epochs=10, steps_per_epoch=100, warmup_epochs=0)
     assert float(no_warmup(0)) == pytest.approx(0.01)

@@ -17,6 +17,7 @@ import yaml
 
 from classifier import seeds_report
 from classifier.core.dotted_keys import set_dotted
+
 from conftest import PROJECT
 
 PARAMS = yaml.safe_load((PROJECT / "params.yaml").read_text())
@@ -30,7 +31,11 @@ ZEN4 = ENVIRONMENT | {"cpu_family_model": "25/17", "widest_vectors": "AVX-512",
                       "instruction_sets": "sse4_2 avx fma avx2 avx512f avx512bw avx512vl avx512_vnni"}  # fmt: skip
 DEPS = {
     "stages/train.py": {"hash": "741fba8088784f85993ae532f092cade", "size": 4410, "nfiles": None},
-    "classifier/training/callbacks.py": {"hash": "cd0b5e723c836827777289e2881d1264", "size": 6108, "nfiles": None},
+    "classifier/training/callbacks.py": {
+        "hash": "cd0b5e723c836827777289e2881d1264",
+        "size": 6108,
+        "nfiles": None,
+    },
     "data/prepared/train.npz": {"hash": "63e55c3be092439e5ea1fc0bad0ca55d", "size": 276794, "nfiles": None},
 }
 MISSING = {"type": "FileNotFoundError", "msg": "[Errno 2] No such file or directory: '{}'"}
@@ -40,9 +45,19 @@ def rev_of(name: str) -> str:
     return hashlib.sha1(name.encode()).hexdigest()
 
 
-def experiment(name: str, seed: int, test: float | None = 0.5, best: float | None = 0.5, *, state: str = "success",
-               environment: dict | None = ENVIRONMENT, epochs: int = 2, deps: dict = DEPS, seconds: float | None = None,
-               **params: Any) -> dict:
+def experiment(
+    name: str,
+    seed: int,
+    test: float | None = 0.5,
+    best: float | None = 0.5,
+    *,
+    state: str = "success",
+    environment: dict | None = ENVIRONMENT,
+    epochs: int = 2,
+    deps: dict = DEPS,
+    seconds: float | None = None,
+    **params: Any,
+) -> dict:
     """One entry of a commit's "experiments" list; `params` as dotted keys ('model.learning_rate')."""
     values = copy.deepcopy(PARAMS) | {"seed": seed}
     for dotted, value in params.items():
@@ -77,7 +92,9 @@ def experiment(name: str, seed: int, test: float | None = 0.5, best: float | Non
 
 def show(*experiments: dict) -> list[dict]:
     """`dvc exp show --json`: the workspace, then the baseline commit holding the experiments."""
-    nothing = {path: {"error": MISSING} for path in ("metrics/evaluate/metrics.json", "metrics/train/best.json")}
+    nothing = {
+        path: {"error": MISSING} for path in ("metrics/evaluate/metrics.json", "metrics/train/best.json")
+    }
     workspace = {"rev": "workspace", "timestamp": None, "params": {"params.yaml": {"data": PARAMS}},
                  "metrics": nothing, "deps": {}, "outs": {}, "meta": {}}  # fmt: skip
     return [
@@ -113,7 +130,11 @@ def test_seeds_of_one_config_are_pooled_and_configs_are_rows() -> None:
     first, second = rows(text)
     assert first["learning_rate"] == "0.001" and second["learning_rate"] == "0.002"
     assert first["seeds"] == "3 (1, 2, 3)" and second["seeds"] == "2 (1, 2)"
-    assert first["test accuracy"] == f"{statistics.mean(tests):.4f} ± {statistics.stdev(tests):.4f}" == "0.6300 ± 0.0361"
+    assert (
+        first["test accuracy"]
+        == f"{statistics.mean(tests):.4f} ± {statistics.stdev(tests):.4f}"
+        == "0.6300 ± 0.0361"
+    )
     assert first["min"] == "0.6000" and first["min2"] == "0.6100"
     assert first["best val accuracy"] == f"{statistics.mean(bests):.4f} ± {statistics.stdev(bests):.4f}"
     assert first["epochs"] == "54" and first["train time"] == "20.0 s" and second["train time"] == "n/a"
@@ -124,7 +145,9 @@ def test_seeds_of_one_config_are_pooled_and_configs_are_rows() -> None:
 
 def test_a_single_seed_has_no_spread_and_the_table_needs_no_param_columns() -> None:
     [row] = rows(run_report(show(experiment("only", 7, 0.5, 0.52))))
-    assert row["seeds"] == "1 (7)" and row["test accuracy"] == "0.5000" and row["best val accuracy"] == "0.5200"
+    assert (
+        row["seeds"] == "1 (7)" and row["test accuracy"] == "0.5000" and row["best val accuracy"] == "0.5200"
+    )
     assert list(row)[0] == "machine", "one group: no param tells groups apart"
 
 
@@ -133,7 +156,11 @@ def test_two_machines_or_two_versions_are_never_pooled() -> None:
                  experiment("tf-1", 1, 0.60, environment=ENVIRONMENT | {"tensorflow": "2.20.0"}))  # fmt: skip
     text = run_report(shown)
     found = {(row["machine"], row["tensorflow"]): row for row in rows(text)}
-    assert set(found) == {("AMD EPYC 25/1 AVX2", "2.21.0"), ("AMD EPYC 25/17 AVX-512", "2.21.0"), ("AMD EPYC 25/1 AVX2", "2.20.0")}
+    assert set(found) == {
+        ("AMD EPYC 25/1 AVX2", "2.21.0"),
+        ("AMD EPYC 25/17 AVX-512", "2.21.0"),
+        ("AMD EPYC 25/1 AVX2", "2.20.0"),
+    }
     assert found["AMD EPYC 25/1 AVX2", "2.21.0"]["seeds"] == "2 (1, 2)"
     assert found["AMD EPYC 25/17 AVX-512", "2.21.0"]["seeds"] == "1 (1)"
     assert "instruction_sets" in rows(text)[0] and "never pooled" in text
@@ -142,7 +169,9 @@ def test_two_machines_or_two_versions_are_never_pooled() -> None:
 def test_other_code_is_another_group() -> None:
     edited = DEPS | {"classifier/training/callbacks.py": {"hash": "0" * 32, "size": 6200, "nfiles": None}}
     data = DEPS | {"data/prepared/train.npz": {"hash": "1" * 32, "size": 276794, "nfiles": None}}
-    shown = show(experiment("old", 1), experiment("new", 2, deps=edited), experiment("other-data", 3, deps=data))
+    shown = show(
+        experiment("old", 1), experiment("new", 2, deps=edited), experiment("other-data", 3, deps=data)
+    )
     found = rows(run_report(shown))
     assert len(found) == 2 and sorted(row["seeds"] for row in found) == ["1 (2)", "2 (1, 3)"]
     assert all(len(row["code"]) == 7 for row in found), "data deps differ by seed; code deps must not"
@@ -183,13 +212,19 @@ def test_keys_are_shortened_to_their_unique_tail() -> None:
     }  # fmt: skip
 
 
-def test_command_reads_a_saved_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_command_reads_a_saved_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     saved = tmp_path / "exps.json"
     saved.write_text(json.dumps(show(experiment("a", 1, 0.6, 0.61), experiment("b", 2, 0.64, 0.65))))
     monkeypatch.chdir(tmp_path)
     seeds_report.main(["--json", str(saved)])
     [row] = rows(capsys.readouterr().out)
-    assert row["seeds"] == "2 (1, 2)" and row["test accuracy"] == "0.6200 ± 0.0283" and row["train time"] == "n/a"
+    assert (
+        row["seeds"] == "2 (1, 2)"
+        and row["test accuracy"] == "0.6200 ± 0.0283"
+        and row["train time"] == "n/a"
+    )
 
 
 def test_train_time_reads_as_the_train_stage_prints_it() -> None:
@@ -200,5 +235,7 @@ def test_train_time_reads_as_the_train_stage_prints_it() -> None:
 
 def test_the_report_loads_neither_numpy_nor_tensorflow() -> None:
     code = "import json, sys, classifier.seeds_report; print(json.dumps([m for m in sys.modules if '.' not in m]))"
-    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, check=True
+    )
     assert not {"numpy", "tensorflow", "keras", "pandas"} & set(json.loads(result.stdout)), result.stdout

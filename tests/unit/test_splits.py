@@ -13,6 +13,7 @@ import pytest
 
 from classifier.core.errors import StageError
 from classifier.data.splits import ALIGNMENT, load_split, save_split
+
 from conftest import PROJECT, tool_env
 
 
@@ -82,7 +83,11 @@ def test_load_images_holds_the_images_once(tmp_path: Path) -> None:
 
     result = subprocess.run(
         [sys.executable, "-c", LOAD_SCRIPT, str(tmp_path / "train.npz")],
-        cwd=PROJECT, env=tool_env(), capture_output=True, text=True, timeout=300,
+        cwd=PROJECT,
+        env=tool_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
     assert result.returncode == 0, result.stderr

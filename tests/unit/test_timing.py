@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from classifier.training.timing import STATE_KEY, describe, epoch_timer, median_epoch, train_timing
+
 from conftest import build_tiny_model
 
 

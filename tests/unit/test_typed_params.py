@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PROJECT
 
 from classifier.core.params import SCHEMA, load_params, validate_params
 from classifier.core.params_schema import Params, Section
 from classifier.data.dataset import Options
 from classifier.data.fetch import Network
 from classifier.training.backup import run_key
+
+from conftest import PROJECT
 
 DEFAULTS = yaml.safe_load((PROJECT / "params.yaml").read_text())
 RECIPE = yaml.safe_load((PROJECT / "recipes" / "better-mlp.yaml").read_text())
