@@ -106,6 +106,10 @@ def clean(root: Path, older_than_days: float = KEEP_DAYS, dry_run: bool = False)
                         shutil.rmtree(folder)
             print(f"{'would delete' if dry_run else 'deleted'} {run.key}: {describe_size(run.size)}, {age}")
             freed += run.size
+    for lock in [] if dry_run else root.glob("*-worker-*.lock"):  # of runs killed before their first backup
+        if not lock.with_suffix("").exists():
+            with exclusive(lock):  # deleted on release unless a run holds it
+                pass
     return freed
 
 

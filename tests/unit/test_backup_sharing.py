@@ -96,5 +96,7 @@ def test_startup_line_counts_other_runs_and_cleanup_keeps_recent_and_running_one
     out = capsys.readouterr().out
     assert "kept old: a train stage is using it" in out and "deleted leftover" in out
     assert backup_clean.clean(root, older_than_days=7, dry_run=True) == 3_000_000 and old.exists()
+    (root / "killed-early-worker-0.lock").touch()  # killed before its first backup
     assert backup_clean.clean(root, older_than_days=0) == 3_000_000 + 2_000_000 + 1000
+    assert not (root / "killed-early-worker-0.lock").exists()
     assert not any(root.glob("*-worker-*")) and backup_clean.startup_line(root, "mine") is None
