@@ -241,7 +241,9 @@ def resume(backup: Backup, strategy: Any, model: Any, metrics_dir: Path | None) 
     the number of epochs it completed (0 when training starts afresh; every worker gets the same answer)
     and the callbacks' state saved with it."""
     if len(set(distribute.from_every_worker(strategy, int(backup.key[:15], 16)))) > 1:
-        raise StageError("the workers differ in params.yaml or in the stage's input files; make them the same")
+        raise StageError(
+            "the workers differ in params.yaml or in the stage's input files; make them the same"
+        )
     backup.drop_partial()
     fresh = None  # the model's variables before any backup was loaded into it
     while True:
