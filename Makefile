@@ -9,8 +9,8 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: install repro test test-fast lint coverage lock clean-venv deps
 
-# The venv, and the offline plots page's template that .dvc/config gives `dvc plots show` / `dvc plots diff`.
-install: $(VENV)/.installed plots_page/build/template.html
+# The venv. (The offline plots page's template is committed: plots_page/offline-template.html.)
+install: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "error: Python 3.11 is required (PYTHON=$(PYTHON) is %d.%d); run e.g. make PYTHON=python3.11" % sys.version_info[:2])'
@@ -59,11 +59,11 @@ lock:
 clean-venv:
 	rm -rf $(VENV)
 
-# The plots page, offline: `make install` builds plots_page/build/template.html, with vega, vega-lite and
-# vega-embed inlined from plots_page/vendor/ (checked against its SHA256SUMS; no npm, no network), and
-# .dvc/config's plots.html_template points plain `dvc plots show` / `dvc plots diff` at it.
-# `make plots` (REVS="rev1 rev2 ..." for `dvc plots diff REVS`) is a shortcut that (re)builds it first.
-PLOTS_TEMPLATE := plots_page/build/template.html
+# The plots page, offline: plots_page/offline-template.html (committed, so any clone has it) has vega,
+# vega-lite and vega-embed inlined from plots_page/vendor/ (checked against its SHA256SUMS; no npm, no
+# network), and .dvc/config's plots.html_template points plain `dvc plots show` / `dvc plots diff` at it.
+# `make plots` (REVS="rev1 rev2 ..." for `dvc plots diff REVS`) rebuilds it first if its sources changed.
+PLOTS_TEMPLATE := plots_page/offline-template.html
 .PHONY: plots
 
 plots: $(PLOTS_TEMPLATE)

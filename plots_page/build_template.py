@@ -3,11 +3,16 @@
 `dvc plots show` / `dvc plots diff` load these three scripts from a CDN, so their page is blank
 without internet. Given a template with the scripts inlined (and no `{scripts}` placeholder, where DVC
 would put its CDN tags), the page they write needs no network at all. `.dvc/config` names the built
-template (`plots.html_template`), so plain `dvc plots show` uses it; `make install` builds it.
+template (`plots.html_template`), so plain `dvc plots show` uses it.
+
+The built template is committed (offline-template.html, 0.8 MB), so that the page works in any clone,
+with nothing to build first: a clone installed with only `pip install -r requirements.lock` or after
+`git clean -fdx` has it. Rebuild it after changing template.html or vendor/; `--check` (run by the tests)
+fails when it is not the build of what is committed beside it.
 
 The scripts are vendored in vendor/ (see vendor/README.md) and checked against vendor/SHA256SUMS
 before use: no npm and no network. Standard library only.
-Usage: python plots_page/build_template.py [OUT.html]   (default: plots_page/build/template.html)
+Usage: python plots_page/build_template.py [OUT.html | --check]   (default: plots_page/offline-template.html)
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 VENDOR = HERE / "vendor"
-DEFAULT_OUT = HERE / "build" / "template.html"
+DEFAULT_OUT = HERE / "offline-template.html"
 MARKER = "<!-- inlined scripts -->"
 # dvc_render fills these placeholders anywhere in the template, so the scripts must not contain them.
 PLACEHOLDERS = ("{scripts}", "{plot_divs}", "{refresh_tag}")
@@ -58,16 +63,34 @@ def read_script(path: Path, sha256: str) -> str:
     return script
 
 
-def build(out: Path = DEFAULT_OUT, vendor: Path = VENDOR) -> None:
+def render(vendor: Path = VENDOR) -> str:
+    """template.html with each vendored script, checked, inlined in its place."""
     template = (HERE / "template.html").read_text(encoding="utf-8")
     tags = []
     for package, version, path, sha256 in scripts(vendor):
         tags.append(f"<!-- {package}@{version} -->\n<script>{read_script(path, sha256)}</script>")
+    return template.replace(MARKER, "\n".join(tags))
+
+
+def build(out: Path = DEFAULT_OUT, vendor: Path = VENDOR) -> None:
+    page = render(vendor)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")  # DVC and make never see a half-written template
-    partial.write_text(template.replace(MARKER, "\n".join(tags)), encoding="utf-8")
+    partial.write_text(page, encoding="utf-8", newline="\n")
     partial.replace(out)
 
 
+def check(built: Path = DEFAULT_OUT, vendor: Path = VENDOR) -> None:
+    """Exit with one line unless `built` is, byte for byte, what build() would write now."""
+    fix = "rebuild it: python3 plots_page/build_template.py"
+    if not built.is_file():
+        sys.exit(f"error: {built} is missing; {fix}")
+    if built.read_text(encoding="utf-8") != render(vendor):
+        sys.exit(f"error: {built} is not the build of template.html and vendor/; {fix}")
+
+
 if __name__ == "__main__":
-    build(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_OUT)
+    if sys.argv[1:] == ["--check"]:
+        check()
+    else:
+        build(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_OUT)

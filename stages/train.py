@@ -24,7 +24,6 @@ from pathlib import Path
 from classifier.core.errors import run
 from classifier.core.params import load_params
 from classifier.model.runtime import configure_tensorflow
-from classifier.training.backup import DEFAULT_DIR
 from classifier.training.job import train_model
 
 # oneDNN's allocator keeps every freed block in its own pool; the system allocator gives large blocks back
@@ -39,7 +38,9 @@ def main() -> None:
     parser.add_argument("model", type=Path, help="where to save the trained .keras model")
     parser.add_argument("metrics_dir", type=Path, help="DVCLive directory for per-epoch metrics")
     parser.add_argument("--timing", type=Path, help="where to write how long the epochs took (a JSON metric)")
-    parser.add_argument("--backup-dir", type=Path, default=DEFAULT_DIR, help=f"default {DEFAULT_DIR}")
+    parser.add_argument(
+        "--backup-dir", type=Path, help="default: the main repository's .dvc/tmp/train-backup"
+    )
     args = parser.parse_args()
     params = load_params()
 

@@ -1,11 +1,14 @@
 """Resume an interrupted train stage from its last completed epoch.
 
-After every epoch the train stage leaves a backup outside DVC's outputs (default `.dvc/tmp/train-backup`,
-which git and DVC ignore): `<run key>-worker-<i>/epoch-0007/` holds the weights and optimizer state after
+After every epoch the train stage leaves a backup outside DVC's outputs (default: the main repository's
+`.dvc/tmp/train-backup`, which git and DVC ignore, wherever the stage runs: backup_place.py):
+`<run key>-worker-<i>/epoch-0007/` holds the weights and optimizer state after
 7 epochs and, on the worker that writes the metrics, a copy of the DVCLive folder at that moment. DVC
 deletes a stage's outputs before it reruns the stage, so the DVCLive history must come back from the
 backup too. The run key is a hash of the params and input files the stage reads: a backup is only ever
-used by the run that made it. A run that finishes deletes its backup.
+used by the run that made it (by whichever route it runs again: workspace, --temp or queue). One run at a
+time uses a key's backups (backup_lock.py). A run that finishes deletes its backup; backups of runs that
+never finished are listed when the stage starts and deleted by `python -m classifier.training.backup_clean`.
 
 A backup is whole when, and only when, its `manifest.json` (each file's path, size and sha256; written
 last) says so. It is written as `epoch-NNNN.tmp`, flushed to the disk with its folders and renamed into
@@ -18,7 +21,6 @@ failing mid-file.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -35,8 +37,9 @@ from classifier.core.errors import StageError, disk_full_message, is_disk_full
 from classifier.core.files import DiskFull, check_free_space, free_bytes, fsync_path
 from classifier.core.params_schema import TrainParams
 from classifier.training import distribute
+from classifier.training.backup_place import DEFAULT_DIR
 
-DEFAULT_DIR = Path(".dvc/tmp/train-backup")
+__all__ = ["DEFAULT_DIR", "Backup", "resume", "run_key"]
 KEEP = 2  # workers killed a moment apart may hold backups one epoch apart: keep the previous one too
 WEIGHTS, STATE, MANIFEST = "model.weights.h5", "state.npz", "manifest.json"
 BLOCK = 4096  # the least a file or folder takes on most filesystems: the free-space check counts blocks
@@ -115,17 +118,21 @@ def write_flushed(path: Path, data: bytes) -> None:
 
 
 class Backup:
-    """The backups of one worker of one run: `root/<key>-worker-<worker>/epoch-NNNN/`."""
+    """The backups of one worker of one run: `root/<key>-worker-<worker>/epoch-NNNN/`, locked by
+    `root/<key>-worker-<worker>.lock`. With keep=False (another run holds the lock) it reads and writes
+    nothing: the run starts afresh and keeps no backups."""
 
-    def __init__(self, root: Path, key: str, worker: int = 0):
+    def __init__(self, root: Path, key: str, worker: int = 0, keep: bool = True):
         self.key = key
         self.suffix = f"-worker-{worker}"
         self.root = Path(root)
         self.dir = self.root / f"{key}{self.suffix}"
+        self.lock = self.root / f"{key}{self.suffix}.lock"
+        self.keep = keep
 
     def epochs(self) -> list[int]:
         """Completed epochs with a backup, oldest first (drop_damaged() drops those not whole)."""
-        if not self.dir.is_dir():
+        if not self.keep or not self.dir.is_dir():
             return []
         numbers = [p.name.removeprefix("epoch-") for p in self.dir.glob("epoch-*")]
         return sorted(int(n) for n in numbers if n.isdigit())  # not the half-written epoch-NNNN.tmp
@@ -134,12 +141,9 @@ class Backup:
         """The last completed epoch with a backup; 0 when there is none."""
         return max(self.epochs(), default=0)
 
-    def forget_other_runs(self) -> None:
-        """Delete this worker's backups of runs with other params or inputs, and half-written ones."""
-        for stale in self.root.glob(f"*{self.suffix}"):
-            if stale != self.dir:
-                shutil.rmtree(stale, ignore_errors=True)
-        for partial in self.dir.glob("*.tmp"):
+    def drop_partial(self) -> None:
+        """Delete half-written backups. (Other runs' backups stay: a queued run may resume from them.)"""
+        for partial in self.dir.glob("*.tmp") if self.keep else []:
             shutil.rmtree(partial, ignore_errors=True)
 
     def remove(self, epoch: int) -> None:
@@ -164,6 +168,8 @@ class Backup:
     ) -> None:
         """Back up the state after `epoch` completed epochs (with the callbacks' `state` arrays, if any),
         then drop all but the last KEEP backups. DiskFull, leaving no partial folder, if the disk is full."""
+        if not self.keep:
+            return
         final = self.dir / f"epoch-{epoch:04d}"
         partial = self.dir / f"epoch-{epoch:04d}.tmp"
         files = backup_files(model, metrics_dir, state)
@@ -221,9 +227,9 @@ class Backup:
             return dict(state)
 
     def delete(self) -> None:
+        if not self.keep:
+            return
         shutil.rmtree(self.dir, ignore_errors=True)
-        with contextlib.suppress(OSError):  # other workers on this machine may still be using it
-            self.root.rmdir()
 
 
 def model_variables(model: Any) -> list[Any]:
@@ -239,7 +245,7 @@ def resume(backup: Backup, strategy: Any, model: Any, metrics_dir: Path | None) 
         raise StageError(
             "the workers differ in params.yaml or in the stage's input files; make them the same"
         )
-    backup.forget_other_runs()
+    backup.drop_partial()
     fresh = None  # the model's variables before any backup was loaded into it
     while True:
         backup.drop_damaged()

@@ -1,6 +1,6 @@
 """One training job, from paths and params: what the train stage runs, and what tests run in process.
 
-The strategy, the resume from a backup, the learning-rate schedule (set once), the callbacks in one fixed
+The strategy, the resume from a backup (in the main repository's .dvc/tmp, locked for this run), the learning-rate schedule (set once), the callbacks in one fixed
 order, the fit, then on the chief DVCLive's metrics, best.json, environment.json, the timing and the model;
 last, the backup is deleted. Outputs are byte-identical for the same params and inputs.
 """
@@ -21,7 +21,10 @@ from classifier.model.runtime import configure_tensorflow, environment
 from classifier.model.saving import load_model, save_model
 from classifier.reporting.history import best_epoch, read_history
 from classifier.training import distribute
-from classifier.training.backup import DEFAULT_DIR, Backup, resume, run_key
+from classifier.training.backup import Backup, resume, run_key
+from classifier.training.backup_clean import delete_leftovers, startup_line
+from classifier.training.backup_lock import locked
+from classifier.training.backup_place import default_dir
 from classifier.training.batches import load_images
 from classifier.training.callbacks import callback_state, early_stopping_for, restore_callback_state
 from classifier.training.fit import fit
@@ -42,12 +45,13 @@ def train_model(
     metrics_dir: Path,
     params: Params,
     timing: Path | None = None,
-    backup_dir: Path = DEFAULT_DIR,
+    backup_dir: Path | None = None,
 ) -> TrainedModel:
     """Fit the compiled model on `data_dir`'s train.npz and validation.npz with the `train:` params.
 
-    A run killed before resumes after its last backed-up epoch. Only the chief (worker 0) writes the
-    model, DVCLive's folder `metrics_dir` and the `timing` JSON. Thread counts are fixed when TensorFlow
+    A run killed before resumes after its last backed-up epoch, kept in `backup_dir` (default: the main
+    repository's .dvc/tmp/train-backup, wherever the stage runs: backup_place.py). Only the chief
+    (worker 0) writes the model, DVCLive's folder `metrics_dir` and the `timing` JSON. Thread counts are fixed when TensorFlow
     starts, so set them first with configure_tensorflow(threads=params.train.threads); this seeds
     TensorFlow itself, so two jobs in one process with the same params train identically.
     """
@@ -59,8 +63,31 @@ def train_model(
     with strategy.scope() if strategy else contextlib.nullcontext():
         model = load_model(compiled)
     inputs = [compiled, data_dir / "train.npz", data_dir / "validation.npz"]
+    key = run_key(params.seed, train, inputs)
+    backup_dir = backup_dir or default_dir()
+    if chief and (line := startup_line(backup_dir, key)):
+        print(line)
+    with locked(Backup(backup_dir, key, worker)) as backup:
+        trained = _train(model, inputs, out_model, metrics_dir, timing, params, backup, strategy, chief)
+    delete_leftovers(key)
+    return trained
+
+
+def _train(
+    model: Any,
+    inputs: list[Path],
+    out_model: Path,
+    metrics_dir: Path,
+    timing: Path | None,
+    params: Params,
+    backup: Backup,
+    strategy: Any,
+    chief: bool,
+) -> TrainedModel:
+    """The fit on `inputs`' train and validation splits, resumed from `backup` (locked for this run),
+    then on the chief the outputs."""
+    train = params.train
     train_split, validation_split = load_images(inputs[1]), load_images(inputs[2])
-    backup = Backup(backup_dir, run_key(params.seed, train, inputs), worker)
     live_dir = metrics_dir if chief else None
     # Before loading a backup: the optimizer's saved variables differ with and without a schedule.
     use_learning_rate_schedule(model, train, len(train_split[1]), distribute.replicas(strategy))

@@ -203,11 +203,11 @@ def assert_page_drew_everything(page: Path, report: dict, images: int) -> None:
         assert image["complete"] and image["width"] >= 200 and image["height"] >= 200, image
 
 
-def test_the_committed_config_names_the_template_make_install_builds():
+def test_the_committed_config_names_the_committed_template():
     config = (PROJECT / ".dvc" / "config").read_text()
     # DVC resolves a relative plots.html_template against .dvc/ (dvc/commands/plots.py).
-    assert re.search(r"^\[plots\]\n\s+html_template = \.\./plots_page/build/template\.html$", config, re.M)
-    assert "plots_page/build/template.html" in (PROJECT / "Makefile").read_text()
+    assert re.search(r"^\[plots\]\n\s+html_template = \.\./plots_page/offline-template\.html$", config, re.M)
+    assert "plots_page/offline-template.html" in (PROJECT / "Makefile").read_text()
 
 
 def test_the_template_build_needs_no_npm_and_refuses_a_changed_script(tmp_path):
