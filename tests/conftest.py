@@ -27,7 +27,7 @@ MINI_JPG = SHARED_DATA / "cifar10-jpg-mini.tar.gz"
 FULL_JPG = SHARED_DATA / "cifar10-jpg.tar.gz"
 CLASSES = ["airplane", "automobile", "bird"]
 # What a copied project needs to run; data, models and metrics are made by the pipeline itself.
-# plots_page/ (with vendor/, not build/) and .dvc/config: plain `dvc plots show` writes the offline page.
+# plots_page/ (its committed offline template) and .dvc/config: plain `dvc plots show` writes the offline page.
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "classifier", ".dvcignore", "plots_page"]
 
 
@@ -274,7 +274,6 @@ def make_project(where: Path, archive: Path, overrides: dict[str, Any] | None = 
     sh(where, "dvc", "init", "-q")
     shutil.copy2(PROJECT / ".dvc" / "config", where / ".dvc" / "config")  # plots.html_template, as committed
     sh(where, "dvc", "config", "core.analytics", "false")
-    sh(where, sys.executable, "plots_page/build_template.py")  # what `make install` builds
     sh(where, "git", "add", "-A")
     sh(where, "git", "commit", "-qm", "project")
     return where
