@@ -38,8 +38,9 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def project_imports(project: Path, module: str) -> set[Path]:
-    """The project files that running `python -m <module>` imports, directly or through each other,
-    the packages' __init__.py files included; paths relative to `project`."""
+    """The project files that running `python -m <module>` imports, directly or through each other, the
+    packages' __init__.py files included unless they hold only a docstring (nothing there can change what a
+    stage does, and every dep is a column of `dvc exp show`); paths relative to `project`."""
     seen: set[Path] = set()
     todo = [module]
     while todo:
@@ -50,7 +51,17 @@ def project_imports(project: Path, module: str) -> set[Path]:
             if path is not None and path not in seen:
                 seen.add(path)
                 todo.extend(imported_modules(path))
-    return {path.relative_to(project) for path in seen}
+    return {path.relative_to(project) for path in seen if not _docstring_only(path)}
+
+
+def _docstring_only(path: Path) -> bool:
+    """An __init__.py whose whole body is its docstring (or nothing)."""
+    if path.name != "__init__.py":
+        return False
+    body = ast.parse(path.read_text(encoding="utf-8")).body
+    return len(body) == 0 or (
+        len(body) == 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+    )
 
 
 # ---------------------------------------------------------------------------------------------

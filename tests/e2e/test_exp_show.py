@@ -109,10 +109,11 @@ def exp_show_in_a_terminal(repo: Path, tmp_path: Path, width: int = WIDTH) -> st
     return "\n".join(ANSI.sub("", line)[:width] for line in page.read_text().splitlines())
 
 
-def test_no_pager_at_160_columns_the_first_metric_column_is_the_test_accuracy(project):
+def test_no_pager_at_160_columns_without_code_deps_the_first_metric_column_is_the_test_accuracy(project):
     env = {**tool_env(), "COLUMNS": str(WIDTH)}
     result = subprocess.run(
-        ["dvc", "exp", "show", "--no-pager"],
+        # The code deps (45 columns) alone squeeze every cell away at 160 columns: docs/metrics-and-plots.md.
+        ["dvc", "exp", "show", "--no-pager", "--drop", "(classifier|stages)/.*"],
         cwd=project,
         env=env,
         capture_output=True,

@@ -11,12 +11,15 @@ from classifier.core.errors import Interrupted, interrupts_deferred
 
 @pytest.fixture
 def sigterm_raises():
-    """SIGTERM raising Interrupted, as under run(); pytest's own handlers back afterwards."""
+    """SIGTERM raising Interrupted, as under run(), and Ctrl-C raising KeyboardInterrupt as Python sets it up
+    (a shell script's background job, CI's included, starts with SIGINT ignored); pytest's own handlers back
+    afterwards."""
 
     def interrupt(signal_number: int, frame) -> None:
         raise Interrupted(signal_number)
 
     previous = signal.signal(signal.SIGTERM, interrupt), signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGTERM, previous[0])
     signal.signal(signal.SIGINT, previous[1])
