@@ -32,14 +32,14 @@ PROJECT_FILES = ["dvc.yaml", "params.yaml", "stages", "classifier", ".dvcignore"
 
 
 # pyproject's `timeout` (300 s) is for unit and stage tests; an end-to-end test runs several stages, each
-# starting TensorFlow, so without a timeout mark of its own it gets this many seconds before it fails.
+# starting TensorFlow, so it gets this many seconds before it fails, or its module's `TIMEOUT`.
 E2E_TIMEOUT = 600
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("e2e") and not item.get_closest_marker("timeout"):
-            item.add_marker(pytest.mark.timeout(E2E_TIMEOUT))
+            item.add_marker(pytest.mark.timeout(getattr(item.module, "TIMEOUT", E2E_TIMEOUT)))
 
 
 def learnable_images(labels: np.ndarray, side: int = 32, seed: int = 0) -> np.ndarray:

@@ -4,7 +4,7 @@
 - a full disk anywhere: `error: <path>: the disk is full ...`, exit code 1 (nothing half-written stays:
   every output is written through classifier.core.files.atomic_path);
 - Ctrl-C (SIGINT) or SIGTERM (sent by `timeout`, container stops, batch schedulers): `error: interrupted`,
-  exit code 130 or 143.
+  exit code 130 or 143, from a stage's first import on (stages/__init__.py).
 """
 
 from __future__ import annotations
@@ -88,8 +88,27 @@ def interrupts_deferred() -> Iterator[None]:
             raise Interrupted(held[0])
 
 
+def _exit_interrupted(signal_number: int, frame: Any) -> None:
+    print("error: interrupted", file=sys.stderr)
+    raise SystemExit(128 + signal_number)
+
+
+def exit_cleanly_while_starting() -> None:
+    """Until run() takes over, Ctrl-C or SIGTERM ends the process with `error: interrupted` and its exit code.
+
+    A stage spends its first seconds importing (TensorFlow alone takes ~7 s): nothing to clean up yet, and a
+    KeyboardInterrupt there would print a traceback through the import machinery. SystemExit ends the
+    process without one. A Ctrl-C ignored from the start (a shell script's background job) stays ignored.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _exit_interrupted)
+    signal.signal(signal.SIGTERM, _exit_interrupted)
+
+
 def run(main: Callable[[], None]) -> None:
     """Run a stage's or command's main(), turning every failure a user can meet into one line."""
+    if signal.getsignal(signal.SIGINT) is _exit_interrupted:  # from here on, Ctrl-C cleans up as it unwinds
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)  # so SIGTERM cleans up as Ctrl-C does
     try:
         main()

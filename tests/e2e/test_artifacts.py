@@ -13,7 +13,8 @@ from classifier.export.litert import read_labels
 
 from conftest import copy_repo, set_params, sh
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]  # may build the shared pipeline
+pytestmark = pytest.mark.e2e
+TIMEOUT = 900  # seconds a test may take: may build the shared pipeline
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,8 @@ import yaml
 
 from conftest import copy_repo, sh, tool_env
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]  # may build the shared pipeline
+pytestmark = pytest.mark.e2e
+TIMEOUT = 900  # seconds a test may take: may build the shared pipeline
 
 WIDTH = 160
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

@@ -18,7 +18,8 @@ from classifier.core.files import atomic_path
 
 from conftest import copy_repo, sh
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]  # the shared pipeline, then the grid
+pytestmark = pytest.mark.e2e
+TIMEOUT = 1200  # seconds a test may take: the shared pipeline, then the grid
 
 GRID = {(16, 0.001), (16, 0.01), (32, 0.001), (32, 0.01)}
 

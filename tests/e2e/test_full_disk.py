@@ -25,7 +25,8 @@ import yaml
 from conftest import assert_png, copy_repo, locked_outputs, make_image_folder, make_project, set_params, sh
 from local_http import file_server
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]  # may build the shared pipeline
+pytestmark = pytest.mark.e2e
+TIMEOUT = 900  # seconds a test may take: may build the shared pipeline
 
 PAGE = 4096  # tmpfs sizes are whole pages
 

@@ -18,7 +18,8 @@ from classifier.data.splits import load_split
 
 from conftest import MINI_JPG, copy_repo, set_params, sh, sha256
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]  # may build the shared pipeline
+pytestmark = pytest.mark.e2e
+TIMEOUT = 900  # seconds a test may take: may build the shared pipeline
 
 STAGES = ["download", "preprocess", "build_and_compile", "train", "evaluate", "plot", "export"]
 

@@ -22,7 +22,8 @@ from classifier.data.splits import load_split
 
 from conftest import CLASSES, PROJECT, assert_png, copy_repo, sh
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]  # may build the shared pipeline
+pytestmark = pytest.mark.e2e
+TIMEOUT = 900  # seconds a test may take: may build the shared pipeline
 
 PNGS = {
     "metrics/plots/loss.png": (600, 400),

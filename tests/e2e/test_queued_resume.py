@@ -25,7 +25,7 @@ from conftest import locked_outputs, make_project, sh, tool_env
 pytestmark = pytest.mark.e2e
 
 EPOCHS = 20  # ~0.3 s each on tiny data: long enough to kill twice in the middle
-TIMEOUT = 300
+WAIT = 300
 CLEAN = ["python", "-m", "classifier.training.backup_clean"]
 
 
@@ -78,7 +78,7 @@ def kill_train(repo: Path, after: int, experiment: str | None = None) -> Path:
     """SIGKILL the train stage's process group once it has logged `after` epochs; return its workspace.
     (A queue worker's stages run in the worker's process group: the worker dies too, and `dvc queue
     status` keeps showing its experiment as Running.)"""
-    deadline = time.monotonic() + TIMEOUT
+    deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
         process = train_process(repo, experiment)
         with contextlib.suppress(psutil.Error, OSError):
@@ -88,7 +88,7 @@ def kill_train(repo: Path, after: int, experiment: str | None = None) -> Path:
                 psutil.wait_procs([process], timeout=30)
                 return workspace
         time.sleep(0.02)
-    raise AssertionError(f"no train stage in {repo} logged {after} epochs within {TIMEOUT} s")
+    raise AssertionError(f"no train stage in {repo} logged {after} epochs within {WAIT} s")
 
 
 def queue_status(repo: Path) -> dict[str, str]:
@@ -98,9 +98,9 @@ def queue_status(repo: Path) -> dict[str, str]:
 
 
 def wait_for(repo: Path, name: str, states: set[str]) -> str:
-    deadline = time.monotonic() + TIMEOUT
+    deadline = time.monotonic() + WAIT
     while (state := queue_status(repo).get(name)) not in states:
-        assert time.monotonic() < deadline, f"{name} is {state}, not {states}, after {TIMEOUT} s"
+        assert time.monotonic() < deadline, f"{name} is {state}, not {states}, after {WAIT} s"
         time.sleep(0.5)
     return state
 
@@ -188,7 +188,7 @@ def test_killing_one_of_two_parallel_experiments_leaves_the_other_alone(built: P
     sh(repo, "dvc", "exp", "run", "--queue", "-n", "killed", "train")
     sh(repo, "dvc", "exp", "run", "--queue", "-n", "other", "-S", f"train.epochs={EPOCHS + 1}", "train")
     start_queue(repo, 2)
-    deadline = time.monotonic() + TIMEOUT
+    deadline = time.monotonic() + WAIT
     while train_process(repo, "other") is None:  # both run at once
         assert time.monotonic() < deadline, "the second experiment never started"
         time.sleep(0.05)

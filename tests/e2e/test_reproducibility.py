@@ -15,7 +15,8 @@ from dvc.repo import Repo
 
 from conftest import copy_repo, lock_without_timings, set_params, sh, tool_env
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]  # the shared pipeline, then one more
+pytestmark = pytest.mark.e2e
+TIMEOUT = 900  # seconds a test may take: the shared pipeline, then one more
 
 ALL = {"download", "preprocess", "build_and_compile", "train", "evaluate", "plot", "export"}
 # Changing any key of a group makes `dvc repro` rerun at most these stages (the README table).

@@ -1,12 +1,18 @@
-"""classifier/core/errors.py: holding Ctrl-C and SIGTERM while code must not stop halfway."""
+"""classifier/core/errors.py: holding Ctrl-C and SIGTERM while code must not stop halfway, and a stage
+stopped while it is still importing."""
 
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from classifier.core.errors import Interrupted, interrupts_deferred
+
+from conftest import PROJECT, tool_env
 
 
 @pytest.fixture
@@ -51,3 +57,36 @@ def test_an_ignored_signal_stays_ignored(sigterm_raises) -> None:
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
         signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def _default_signals() -> None:
+    """A background job of a shell script starts with SIGINT ignored, and children inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stage_stopped_while_it_imports_says_interrupted(signal_number: int, tmp_path: Path) -> None:
+    """A stage imports numpy, PIL and pydantic before run() takes over (~1 s on a busy machine): a signal
+    then still gives one line and the signal's exit code, never a traceback through the imports. Here the
+    import of numpy stands still until the signal comes."""
+    (tmp_path / "numpy").mkdir()
+    (tmp_path / "numpy/__init__.py").write_text(
+        "import sys, time\nprint('importing numpy', flush=True)\ntime.sleep(60)\n"
+    )
+    stage = subprocess.Popen(
+        [sys.executable, "-m", "stages.preprocess", "raw", "prepared", "preprocess.json"],
+        cwd=PROJECT,
+        env={**tool_env(), "PYTHONPATH": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=_default_signals,  # noqa: PLW1509 (only sets one handler)
+    )
+    try:
+        assert stage.stdout.readline() == "importing numpy\n"
+        stage.send_signal(signal_number)
+        output = stage.communicate(timeout=60)[0]
+    finally:
+        stage.kill()
+    assert stage.returncode == 128 + signal_number, output
+    assert output.splitlines() == ["error: interrupted"], output
