@@ -29,7 +29,8 @@ def code_deps(stage: dict) -> set[Path]:
 
 
 def test_stages_folder_holds_the_seven_stages_only() -> None:
-    assert sorted(path.stem for path in (PROJECT / "stages").glob("*.py")) == sorted(STAGES)
+    # __init__.py only makes a signal during a stage's imports end it with one line (classifier/core/errors.py)
+    assert sorted(path.stem for path in (PROJECT / "stages").glob("*.py")) == sorted(["__init__", *STAGES])
     assert list(dvc_stages()) == STAGES
 
 
