@@ -3,8 +3,10 @@ experiment uninterrupted (`dvc exp run --queue train`, `dvc queue start -j 1`), 
 train stage's process group once it has logged 90% of the epochs, and queues the same experiment again.
 Prints the wall times, where the re-queued run started, and the backups left anywhere in the repository.
 
-Usage: python benchmarks/queued_kill.py [--epochs 100] [--code DIR] [--keep DIR]
-(--code: the project tree to copy, default this one; point it at an older checkout to compare.)
+Usage: python benchmarks/queued_kill.py [--epochs 100] [--archive A] [--recipe R] [--code DIR] [--keep DIR]
+(--archive: the images, default tiny generated ones, e.g. ../shared/data/cifar10-jpg-mini.tar.gz;
+--recipe: a recipe's params, e.g. recipes/better-mlp.yaml, --epochs still wins;
+--code: the project tree to copy, default this one; point it at an older checkout to compare.)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from pathlib import Path
 
 import psutil
+import yaml
 
 HERE = Path(__file__).resolve().parent.parent
 
@@ -79,6 +82,8 @@ def run_queued(repo: Path, name: str, kill_at: int | None = None) -> tuple[float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--archive", type=Path, help="the images (default: tiny generated ones)")
+    parser.add_argument("--recipe", type=Path, help="a recipe whose params the runs use")
     parser.add_argument(
         "--code", type=Path, default=HERE, help="the project tree to copy (default: this one)"
     )
@@ -86,13 +91,20 @@ def main() -> None:
         "--keep", type=Path, help="work here and keep the copies (default: a temporary folder)"
     )
     args = parser.parse_args()
+    sys.path.insert(0, str(HERE))
+    from classifier.core.dotted_keys import flatten
+
+    params = flatten(yaml.safe_load(args.recipe.read_text())) if args.recipe else {}
+    params["train.epochs"] = args.epochs
+    for module in [name for name in sys.modules if name.split(".")[0] == "classifier"]:
+        del sys.modules[module]  # --code's tests import their own classifier package, maybe an older layout
     sys.path[:0] = [str(args.code / "tests"), str(args.code)]
     from conftest import make_cifar_binary_archive, make_project, sh, tool_env
 
     os.environ.update(tool_env())  # dvc and the stages from this venv, no telemetry
     out = args.keep or Path(tempfile.mkdtemp(prefix="queued-kill-"))
-    archive = make_cifar_binary_archive(out / "archive.tar.gz")
-    base = make_project(out / "base", archive, {"train.epochs": args.epochs})
+    archive = args.archive.resolve() if args.archive else make_cifar_binary_archive(out / "archive.tar.gz")
+    base = make_project(out / "base", archive, params)
     sh(base, "dvc", "repro", "build_and_compile")
     sh(base, "git", "add", "-A")
     sh(base, "git", "commit", "-qm", "built")
