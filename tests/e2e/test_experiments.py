@@ -1,11 +1,14 @@
-"""Sweeps and sharing: a 2x2 grid on two parallel queue workers, then one experiment travels to a
-second clone through a bare git repo and a local-folder DVC remote, and retrains there bit for bit."""
+"""Sweeps and sharing: a 2x2 grid (two seeds, two learning rates) on two parallel queue workers, the seeds
+report of it (`python -m classifier.seeds_report`), then one experiment travels to a second clone through a
+bare git repo and a local-folder DVC remote, and retrains there bit for bit."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import statistics
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +24,9 @@ from conftest import copy_repo, sh
 pytestmark = pytest.mark.e2e
 TIMEOUT = 1200  # seconds a test may take: the shared pipeline, then the grid
 
-GRID = {(16, 0.001), (16, 0.01), (32, 0.001), (32, 0.01)}
+# (seed, model.learning_rate). At the low rate, 2 epochs leave a model near its initialisation: its two
+# seeds give different results, and the seeds report a spread.
+GRID = {(1, 0.00001), (1, 0.001), (2, 0.00001), (2, 0.001)}
 
 
 def experiments(repo: Path) -> dict[str, dict[str, Any]]:
@@ -41,7 +46,7 @@ def experiments(repo: Path) -> dict[str, dict[str, Any]]:
 
 
 def grid_point(exp: dict[str, Any]) -> tuple[int, float]:
-    return exp["params"]["train"]["batch_size"], exp["params"]["model"]["learning_rate"]
+    return exp["params"]["seed"], exp["params"]["model"]["learning_rate"]
 
 
 def wait_for_queue(repo: Path, timeout: float = 600) -> None:
@@ -122,9 +127,9 @@ def grid(clone_a: Path) -> Iterator[dict[str, Any]]:
         "run",
         "--queue",
         "-S",
-        "train.batch_size=16,32",
+        "seed=1,2",
         "-S",
-        "model.learning_rate=0.001,0.01",
+        "model.learning_rate=0.00001,0.001",
     )
     try:
         sh(clone_a, "dvc", "queue", "start", "-j", "2")
@@ -146,10 +151,58 @@ def test_grid_runs_four_experiments_in_parallel_and_leaves_the_workspace_alone(g
     assert grid["after"] == grid["before"], "git HEAD, git status and params.yaml are as they were"
 
 
+def table_rows(text: str) -> list[list[str]]:
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def test_seeds_report_has_one_row_per_learning_rate(grid: dict[str, Any], clone_a: Path) -> None:
+    runs = grid["experiments"]
+    for exp in runs.values():
+        best = exp["metrics"]["metrics/train/best.json"]["best"]
+        assert 1 <= best["epoch"] <= 2 and set(best) == {
+            "epoch",
+            "val_accuracy",
+            "val_loss",
+            "accuracy",
+            "loss",
+        }
+
+    report = sh(clone_a, sys.executable, "-m", "classifier.seeds_report").stdout
+    print(report)  # the example in the docs (pytest -s)
+    header, _, *rows = table_rows(report)
+    assert len(rows) == 2 and "Skipped" not in report and "n/a" not in report
+    names = [name + "2" * header[:i].count(name) for i, name in enumerate(header)]
+    spreads = []
+    for row in rows:
+        values = dict(zip(names, row))
+        rate = float(values["learning_rate"])
+        seeds = [exp for exp in runs.values() if exp["params"]["model"]["learning_rate"] == rate]
+        tests = [exp["metrics"]["metrics/evaluate/metrics.json"]["accuracy"] for exp in seeds]
+        bests = [exp["metrics"]["metrics/train/best.json"]["best"]["val_accuracy"] for exp in seeds]
+        seconds = [exp["metrics"]["metrics/timing/train.json"]["seconds"] for exp in seeds]
+        assert values["seeds"] == "2 (1, 2)" and values["epochs"] == "2"
+        assert values["test accuracy"] == f"{statistics.mean(tests):.4f} ± {statistics.stdev(tests):.4f}"
+        spreads.append(statistics.stdev(tests))
+        assert values["min"] == f"{min(tests):.4f}" and values["min2"] == f"{min(bests):.4f}"
+        assert values["best val accuracy"].startswith(f"{statistics.mean(bests):.4f}")
+        assert values["machine"].split()[-1] in ("AMX", "AVX-512", "AVX2", "AVX", "none")
+        assert values["train time"] == f"{statistics.median(seconds):.1f} s" and all(s > 0 for s in seconds)
+
+    assert max(spreads) > 0, "the low rate's seeds differ"
+
+    shown = sh(clone_a, "dvc", "exp", "show", "--json").stdout
+    (clone_a.parent / "exps.json").write_text(shown)
+    saved = sh(
+        clone_a, sys.executable, "-m", "classifier.seeds_report", "--json", str(clone_a.parent / "exps.json")
+    )
+    assert saved.stdout == report
+
+
 def test_experiment_travels_to_another_clone_and_retrains_bit_for_bit(
     grid: dict[str, Any], clone_a: Path, origin: dict[str, Path], tmp_path: Path
 ) -> None:
-    name, exp = next((n, e) for n, e in grid["experiments"].items() if grid_point(e) == (32, 0.01))
+    name, exp = next((n, e) for n, e in grid["experiments"].items() if grid_point(e) == (2, 0.001))
     sh(clone_a, "dvc", "exp", "push", "origin", name)  # the git ref, and its data to the DVC remote
     sh(clone_a, "dvc", "push")
 
@@ -161,7 +214,7 @@ def test_experiment_travels_to_another_clone_and_retrains_bit_for_bit(
     sh(b, "dvc", "pull")
     assert json.loads(sh(b, "dvc", "status", "--json").stdout) == {}
     params = yaml.safe_load((b / "params.yaml").read_text())
-    assert (params["train"]["batch_size"], params["model"]["learning_rate"]) == (32, 0.01)
+    assert (params["seed"], params["model"]["learning_rate"]) == (2, 0.001)
     assert (
         json.loads((b / "metrics/evaluate/metrics.json").read_text())
         == exp["metrics"]["metrics/evaluate/metrics.json"]
