@@ -25,11 +25,16 @@ $(VENV)/.installed: requirements.lock
 repro: install
 	dvc repro
 
+# The tests on every core (pytest-xdist; at most 4 workers, each may start TensorFlow). A module's tests
+# stay on one worker, with its fixtures; the shared pipeline is built once for all (tests/conftest.py).
+# One test alone: python -m pytest tests/unit/test_fit.py
+PARALLEL := -n auto --maxprocesses 4 --dist loadfile
+
 test: lint
-	python -m pytest
+	python -m pytest $(PARALLEL)
 
 test-fast: lint
-	python -m pytest -m "not e2e"
+	python -m pytest $(PARALLEL) -m "not e2e"
 
 lint: install
 	ruff check .
@@ -38,7 +43,7 @@ lint: install
 # Line coverage of classifier/ and stages/, the stages that dvc runs in subprocesses included.
 coverage: install
 	rm -f .coverage .coverage.*
-	coverage run -m pytest
+	coverage run -m pytest -n 0
 	coverage combine -q
 	coverage report
 

@@ -11,12 +11,14 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
+from filelock import FileLock
 from PIL import Image
 
 from classifier.core.dotted_keys import set_dotted
@@ -174,9 +176,35 @@ def sha256(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The temporary folder of the whole test run, which pytest-xdist's workers share (each has its own
+    popen-gwN inside it)."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Path]) -> Path:
+    """`build(folder)`'s result, built once for the whole run: under pytest-xdist the workers share it (the
+    first one builds while the others wait on a file lock, then read). A build that failed halfway is
+    started again from an empty folder."""
+    root = run_folder(tmp_path_factory)
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(root / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            done.write_text(str(build(folder)))
+    return Path(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def binary_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_cifar_binary_archive(tmp_path_factory.mktemp("archive") / "cifar-10-binary.tar.gz")
+    """A generated CIFAR-10 binary archive: the same bytes for every worker (the shared pipeline's input)."""
+    return built_once(
+        tmp_path_factory,
+        "archive",
+        lambda folder: make_cifar_binary_archive(folder / "cifar-10-binary.tar.gz"),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -294,7 +322,11 @@ SHARED_PARAMS = {"export.calibration_images": 64}
 def fresh_project(tmp_path_factory: pytest.TempPathFactory, binary_archive: Path) -> Path:
     """The project on the generated archive, committed, nothing run yet. Shared by the whole session: never
     change it, take a copy_repo of it."""
-    return make_project(tmp_path_factory.mktemp("fresh") / "project", binary_archive, SHARED_PARAMS)
+    return built_once(
+        tmp_path_factory,
+        "fresh",
+        lambda folder: make_project(folder / "project", binary_archive, SHARED_PARAMS),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -302,9 +334,13 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, fresh_project: Path) -> P
     """A copy of fresh_project after one `dvc repro` of every stage, export included (outputs and dvc.lock
     not committed): the one full pipeline many end-to-end tests read. Never change it: a test that does
     takes a copy_repo of it."""
-    repo = copy_repo(fresh_project, tmp_path_factory.mktemp("pipeline") / "project")
-    sh(repo, "dvc", "repro")
-    return repo
+
+    def run_every_stage(folder: Path) -> Path:
+        repo = copy_repo(fresh_project, folder / "project")
+        sh(repo, "dvc", "repro")
+        return repo
+
+    return built_once(tmp_path_factory, "pipeline", run_every_stage)
 
 
 # ---------------------------------------------------------------------------------------------

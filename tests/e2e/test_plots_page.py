@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 
 from classifier.data.splits import load_split
 
-from conftest import CLASSES, PROJECT, assert_png, copy_repo, sh
+from conftest import CLASSES, PROJECT, assert_png, copy_repo, run_folder, sh
 
 pytestmark = pytest.mark.e2e
 TIMEOUT = 900  # seconds a test may take: may build the shared pipeline
@@ -71,19 +72,25 @@ addEventListener("load", () => setTimeout(() => {
 
 
 @pytest.fixture(scope="session")
-def chromium() -> str:
-    """Debian's chromium; installed with apt-get when missing and we are root (as in CI)."""
-    found = shutil.which("chromium")
-    if found:
-        return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("chromium is not installed and we cannot apt-get it (not root): apt-get install chromium")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
-        if result.returncode != 0:
-            pytest.skip(f"could not install chromium ({' '.join(command)}): {result.stderr.strip()[-500:]}")
-    return shutil.which("chromium") or pytest.skip("apt-get installed chromium but it is not on PATH")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Debian's chromium; installed with apt-get when missing and we are root (as in CI), by one test worker
+    at a time (apt-get holds dpkg's lock)."""
+    with FileLock(run_folder(tmp_path_factory) / "chromium.lock"):
+        found = shutil.which("chromium")
+        if found:
+            return found
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            pytest.skip(
+                "chromium is not installed and we cannot apt-get it (not root): apt-get install chromium"
+            )
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
+            if result.returncode != 0:
+                pytest.skip(
+                    f"could not install chromium ({' '.join(command)}): {result.stderr.strip()[-500:]}"
+                )
+        return shutil.which("chromium") or pytest.skip("apt-get installed chromium but it is not on PATH")
 
 
 @pytest.fixture(scope="module")
