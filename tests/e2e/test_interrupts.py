@@ -289,18 +289,25 @@ def test_interrupted_stage_stops_cleanly_and_reruns_to_the_same_bytes(
     # processes are forked, send results back and are stopped in windows a single moment rarely hits.
     delays = PREPROCESS_DELAYS if stage == "preprocess" else (0.0,)
     with busy_cores() if stage == "preprocess" else contextlib.nullcontext():
+        interrupted = 0
         for delay in delays:
             code, stopped, output = interrupt(repo, stage, signal_number, server, delay)
             output = f"(signal {delay} s after the {stage} started)\n{output}"
 
             assert stopped < STOPPED_WITHIN, f"the run took {stopped:.1f} s to stop:\n{output}"
-            assert code != 0, output
             lines = output.splitlines()
+            assert "Traceback" not in output and temporary_files(repo) == [], output
+            if stage == "preprocess" and any(line.startswith("preprocess: ") for line in lines):
+                # The stage had printed its summary: its work was done and written before the signal came
+                # (a loaded machine can stretch `delay` past it). Nothing was cut; the rerun below checks
+                # the bytes. (dash, DVC's shell, then reports the signal as the command's exit.)
+                continue
+            interrupted += 1
+            assert code != 0, output
             assert [line for line in lines if line.startswith("error:")] == ["error: interrupted"], output
-            assert "Traceback" not in output, output
-            assert temporary_files(repo) == [], output
             left = [path for path in OUTPUTS[stage] if (repo / path).exists()]
             assert left == [], f"the interrupted {stage} left {left}:\n{output}"
+        assert interrupted, f"every signal came after the {stage} had finished"
 
     again = sh(repo, "dvc", "repro", stage)
     if stage == "train":
