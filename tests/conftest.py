@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -247,6 +248,13 @@ def tool_env() -> dict[str, str]:
         GIT_COMMITTER_EMAIL="t@example.com",
     )
     return env
+
+
+def default_signals() -> None:
+    """For a test's child process: a background job of a shell script (CI's) starts with SIGINT ignored, and
+    children inherit that; a Ctrl-C test needs the defaults back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def sh(repo: Path, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:

@@ -24,7 +24,7 @@ from PIL import Image
 
 from classifier.training.backup import DEFAULT_DIR
 
-from conftest import CLASSES, PROJECT, add_bytes, locked_outputs, make_project, sh, tool_env
+from conftest import CLASSES, PROJECT, add_bytes, default_signals, locked_outputs, make_project, sh, tool_env
 from local_http import Handler, file_server
 
 pytestmark = pytest.mark.e2e
@@ -145,12 +145,6 @@ def trained(built: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = copy_project(built, tmp_path_factory.mktemp("trained") / "project")
     sh(repo, "dvc", "repro", "train")
     return repo
-
-
-def default_signals() -> None:
-    """A background job of a shell script starts with SIGINT ignored, and children inherit that."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import pytest
 
 from classifier.core.errors import Interrupted, interrupts_deferred
 
-from conftest import PROJECT, tool_env
+from conftest import PROJECT, default_signals, tool_env
 
 
 @pytest.fixture
@@ -59,11 +59,6 @@ def test_an_ignored_signal_stays_ignored(sigterm_raises) -> None:
     assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
-def _default_signals() -> None:
-    """A background job of a shell script starts with SIGINT ignored, and children inherit that."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stage_stopped_while_it_imports_says_interrupted(signal_number: int, tmp_path: Path) -> None:
     """A stage imports numpy, PIL and pydantic before run() takes over (~1 s on a busy machine): a signal
@@ -80,7 +75,7 @@ def test_a_stage_stopped_while_it_imports_says_interrupted(signal_number: int, t
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        preexec_fn=_default_signals,  # noqa: PLW1509 (only sets one handler)
+        preexec_fn=default_signals,  # noqa: PLW1509 (only sets two handlers)
     )
     try:
         assert stage.stdout.readline() == "importing numpy\n"
