@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Sequence
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Self
 
@@ -174,6 +174,12 @@ class ImageDecoder:
 
     def _collect(self) -> None:
         names, future = self.pending.pop(0)
+        # Ctrl-C's and SIGTERM's handlers raise wherever Python is. Inside the lock code of a future's
+        # Condition.wait that breaks the lock ("cannot release un-acquired lock", a traceback instead of one
+        # line), so wait in slices with the signals held: they raise between slices, within 0.1 s.
+        while not future.done():
+            with interrupts_deferred():
+                wait([future], timeout=0.1)
         try:
             result = future.result()
         except BrokenProcessPool:
