@@ -120,9 +120,12 @@ class ImageDecoder:
     def __exit__(self, exc_type, *exc_info) -> None:
         if self.pool is None:
             return
-        if exc_type is not None and isinstance(self.pool, ProcessPoolExecutor):
-            _stop_workers(self.pool)  # interrupted, or a bad image: the chunks being decoded are not needed
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        # Held signals: a second Ctrl-C must not break a future's lock halfway through (see _collect).
+        with interrupts_deferred():
+            if exc_type is not None and isinstance(self.pool, ProcessPoolExecutor):
+                # Interrupted, or a bad image: the chunks being decoded are not needed.
+                _stop_workers(self.pool)
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
     def add(self, name: str, data: bytes) -> None:
         self.chunk.append((name, data))
@@ -174,18 +177,23 @@ class ImageDecoder:
 
     def _collect(self) -> None:
         names, future = self.pending.pop(0)
-        # Ctrl-C's and SIGTERM's handlers raise wherever Python is. Inside the lock code of a future's
-        # Condition.wait that breaks the lock ("cannot release un-acquired lock", a traceback instead of one
-        # line), so wait in slices with the signals held: they raise between slices, within 0.1 s.
-        while not future.done():
+        # Ctrl-C's and SIGTERM's handlers raise wherever Python is, also between the moment a future's
+        # Condition lock is taken and the `with` that would release it: every call on a future locks it
+        # (done(), result(), wait()). A lock broken there ("cannot release un-acquired lock") is a traceback;
+        # a lock left taken hangs the pool's manager thread, and shutdown with it. So every call on the
+        # future runs with the signals held, in 0.1 s slices: they raise between slices.
+        while True:
             with interrupts_deferred():
-                wait([future], timeout=0.1)
-        try:
-            result = future.result()
-        except BrokenProcessPool:
+                if wait([future], timeout=0.1).done:
+                    error = future.exception()
+                    result = None if error else future.result()
+                    break
+        if isinstance(error, BrokenProcessPool):
             self._raise_if_terminated()
             crashed = f"{names[0]} .. {names[-1]}: a decoder process crashed on one of these images"
             raise BadImage(crashed) from None
+        if error is not None:
+            raise error  # a bad image, as the decoder process raised it
         self._store(names, result)
 
     def _raise_if_terminated(self) -> None:

@@ -71,6 +71,11 @@ def test_confusion_with_an_unknown_class_is_a_one_line_error(tmp_path):
         charts.read_predictions(csv, ["cat"])
 
 
+def test_confusion_before_evaluate_ran_is_a_one_line_error(tmp_path):
+    with pytest.raises(StageError, match=r"confusion\.csv: missing; run the evaluate stage first"):
+        charts.read_predictions(tmp_path / "confusion.csv", ["cat"])
+
+
 # Five test images of four classes: images 1 (b at 0.6) and 3 (a at 0.5) are misclassified.
 CLASSES = ["a", "b", "c", "d"]
 LABELS, PREDICTED = np.array([0, 0, 1, 2, 2]), np.array([0, 1, 1, 0, 2])

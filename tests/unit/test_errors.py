@@ -3,14 +3,16 @@ stopped while it is still importing."""
 
 from __future__ import annotations
 
+import errno
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from classifier.core.errors import Interrupted, interrupts_deferred
+from classifier.core.errors import Interrupted, interrupts_deferred, run
 
 from conftest import PROJECT, default_signals, tool_env
 
@@ -57,6 +59,41 @@ def test_an_ignored_signal_stays_ignored(sigterm_raises) -> None:
         assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
         signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def test_outside_the_main_thread_nothing_is_held(sigterm_raises) -> None:
+    """Only the main thread may set handlers: in another thread the block runs as it is."""
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    seen = []
+
+    def block() -> None:
+        with interrupts_deferred():
+            seen.append((signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)))
+
+    thread = threading.Thread(target=block)
+    thread.start()
+    thread.join()
+    assert seen == [handlers]
+
+
+def test_a_full_disk_anywhere_is_one_line_and_exit_code_1(sigterm_raises, capsys) -> None:
+    def main() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "metrics/train.json")
+
+    with pytest.raises(SystemExit) as exited:
+        run(main)
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == (
+        "error: metrics/train.json: the disk is full; free some space and run the command again\n"
+    )
+
+
+def test_any_other_failure_keeps_its_traceback(sigterm_raises) -> None:
+    def main() -> None:
+        raise OSError(errno.EACCES, "Permission denied", "metrics/train.json")
+
+    with pytest.raises(PermissionError):
+        run(main)
 
 
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
