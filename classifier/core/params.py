@@ -153,6 +153,11 @@ def check_combinations(params: Params) -> None:
             f"{PARAMS_FILE}: model.label_smoothing = {model.label_smoothing!r} needs model.loss: "
             f"categorical_crossentropy (got {model.loss}); set label_smoothing to 0 or change the loss"
         )
+    if train.augment.mixup > 0 and model.loss != "categorical_crossentropy":
+        raise StageError(
+            f"{PARAMS_FILE}: train.augment.mixup = {train.augment.mixup!r} needs model.loss: "
+            f"categorical_crossentropy (got {model.loss}); set mixup to 0 or change the loss"
+        )
     if train.warmup_epochs > 0 and train.lr_schedule != "cosine":
         raise StageError(
             f"{PARAMS_FILE}: train.warmup_epochs = {train.warmup_epochs} needs train.lr_schedule: cosine "

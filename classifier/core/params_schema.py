@@ -150,6 +150,10 @@ class AugmentParams(Section):
 
     flip: BOOLEAN = about("mirror left-right with probability 1/2")
     crop_padding: integer(0, 64) = about("pad with this many black pixels, crop back at random (0 = off)")
+    mixup: number(0.0, 100.0) = about(
+        "MixUp: blend each image and its one-hot target with another of the batch, weights lam, 1 - lam, "
+        "lam ~ Beta(mixup, mixup) (0 = off; categorical_crossentropy only)"
+    )
 
 
 class TrainParams(Section):

@@ -68,7 +68,7 @@ def gather(indices: Any, images: Any, targets: np.ndarray, augmentation: Any = N
         dataset = indices.map(lambda i: (tf.gather(images, i), tf.gather(targets, i)))
     else:
         numbered = indices.enumerate()  # counts from 0 in every epoch: the dataset is rebuilt each time
-        dataset = numbered.map(lambda b, i: (augmentation(tf.gather(images, i), b), tf.gather(targets, i)))
+        dataset = numbered.map(lambda b, i: augmentation(tf.gather(images, i), tf.gather(targets, i), b))
     options = tf.data.Options()
     # tf.data's graph rewrites serialise the dataset, which would copy the captured images once more.
     options.experimental_optimization.apply_default_optimizations = False

@@ -1,8 +1,11 @@
-"""classifier/training/augment.py: mirroring and shifting training batches, from a key alone."""
+"""classifier/training/augment.py: mirroring, shifting and mixing training batches, from a key alone."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+
+from classifier.core.params_schema import AugmentParams
 
 
 def batch(count: int = 16, side: int = 8) -> np.ndarray:
@@ -56,7 +59,58 @@ def test_augmentation_depends_only_on_its_key() -> None:
 
 
 def test_augmentation_off_builds_no_augmenter() -> None:
-    from classifier.core.params_schema import AugmentParams
     from classifier.training.augment import augmenter
 
-    assert augmenter(AugmentParams(flip=False, crop_padding=0), 1, None) is None
+    assert augmenter(AugmentParams(flip=False, crop_padding=0, mixup=0.0), 1, None) is None
+
+
+def mixed(
+    images: np.ndarray, targets: np.ndarray, key: tuple[int, int], alpha: float
+) -> tuple[np.ndarray, ...]:
+    import tensorflow as tf
+
+    from classifier.training.augment import mix_batch
+
+    out = mix_batch(tf.constant(images), tf.constant(targets), tf.constant(key, tf.int64), alpha)
+    return tuple(tensor.numpy() for tensor in out)
+
+
+def test_mixup_blends_each_image_and_target_with_its_mirror_in_the_batch() -> None:
+    images = batch()
+    targets = np.eye(16, dtype=np.float32)  # one class per image: a target row shows both weights
+    out_images, out_targets = mixed(images, targets, (3, 4), 0.4)
+    assert out_images.dtype == np.uint8 and out_targets.dtype == np.float32
+    np.testing.assert_allclose(out_targets.sum(axis=1), 1, rtol=1e-6)
+    lam = out_targets[np.arange(16), np.arange(16)]  # the weight of the image's own class
+    assert np.all(out_targets[np.arange(16), 15 - np.arange(16)] == pytest.approx(1 - lam))
+    expected = lam[:, None, None, None] * images + (1 - lam[:, None, None, None]) * images[::-1]
+    assert np.abs(out_images - expected).max() <= 0.5 + 1e-3  # rounded back to uint8
+    assert 0.2 < lam.std() and np.all((0 <= lam) & (lam <= 1))  # drawn per image, Beta(0.4, 0.4): far apart
+
+
+def test_mixup_depends_only_on_its_key() -> None:
+    images, targets = batch(), np.eye(16, dtype=np.float32)
+    a = mixed(images, targets, (5, 9), 0.4)
+    assert all(np.array_equal(x, y) for x, y in zip(a, mixed(images, targets, (5, 9), 0.4), strict=True))
+    assert not np.array_equal(a[1], mixed(images, targets, (5, 10), 0.4)[1])
+
+
+def test_mixup_leaves_the_shifts_and_mirrors_as_they_were() -> None:
+    """Turning MixUp on adds a blend; the shifted and mirrored images under it are those drawn without it."""
+    import tensorflow as tf
+
+    from classifier.training.augment import augmenter
+
+    images = tf.constant(batch())
+    targets = tf.constant(np.eye(16, dtype=np.float32))
+    epoch, number = tf.constant(2, tf.int64), tf.constant(5, tf.int64)
+    plain = augmenter(AugmentParams(flip=True, crop_padding=2, mixup=0.0), 1, epoch)(images, targets, number)
+    blended = augmenter(AugmentParams(flip=True, crop_padding=2, mixup=1.0), 1, epoch)(
+        images, targets, number
+    )
+    assert np.array_equal(plain[1], targets)  # off: targets untouched
+    lam = blended[1].numpy()[np.arange(16), np.arange(16)]
+    expected = (
+        lam[:, None, None, None] * plain[0].numpy() + (1 - lam[:, None, None, None]) * plain[0].numpy()[::-1]
+    )
+    assert np.abs(blended[0].numpy() - expected).max() <= 0.5 + 1e-3

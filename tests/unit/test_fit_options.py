@@ -1,4 +1,5 @@
-"""The training job with the options beyond the recipe (schedule, early stopping, augmentation, dropout), in
+"""The training job with the options beyond the recipe (schedule, early stopping, augmentation and MixUp,
+dropout), in
 process on tiny data: identical run to run, validation unaugmented, resumed exactly after a kill."""
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ TRAIN = {
     "batch_size": 16, "epochs": 4, "threads": 1, "steps_per_execution": 2, "jit_compile": True,
     "distribution": "single", "lr_schedule": "cosine", "warmup_epochs": 1, "early_stopping": 3,
     "early_stopping_from": 0.0, "early_stopping_min_delta": 0.0, "early_stopping_smoothing": 0.0, "keep_best": False,
-    "augment": {"flip": True, "crop_padding": 2},
+    "augment": {"flip": True, "crop_padding": 2, "mixup": 0.4},
 }  # fmt: skip
 
 
@@ -123,7 +124,7 @@ def test_validation_sees_the_images_unaugmented(uninterrupted: dict) -> None:
 
 
 def test_augmentation_changes_training(recipe_data: Path, uninterrupted: dict, tmp_path: Path) -> None:
-    plain = train_in_process(recipe_data, tmp_path, augment={"flip": False, "crop_padding": 0})
+    plain = train_in_process(recipe_data, tmp_path, augment={"flip": False, "crop_padding": 0, "mixup": 0.0})
     assert plain["weights"] != uninterrupted["weights"]
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from classifier.core.dotted_keys import flatten, set_dotted
 from classifier.core.params import SCHEMA, load_params, validate_params
 from classifier.core.params_schema import Params, Section
 from classifier.data.dataset import Options
@@ -165,9 +166,10 @@ def as_written(params: dict) -> dict:
 
 
 def merged_with_recipe() -> dict:
+    """params.yaml with the recipe's values set key by key, as recipes/run.py sets them."""
     merged = copy.deepcopy(DEFAULTS)
-    for section, values in RECIPE.items():
-        merged[section] = {**merged[section], **values}
+    for key, value in flatten(RECIPE).items():
+        set_dotted(merged, key, value)
     return merged
 
 
