@@ -153,6 +153,12 @@ def check_combinations(params: Params) -> None:
             f"{PARAMS_FILE}: model.label_smoothing = {model.label_smoothing!r} needs model.loss: "
             f"categorical_crossentropy (got {model.loss}); set label_smoothing to 0 or change the loss"
         )
+    inputs = params.preprocess.image_size**2 * 3
+    if model.whitening > inputs:
+        raise StageError(
+            f"{PARAMS_FILE}: model.whitening = {model.whitening} is more components than an image has values "
+            f"({inputs} at preprocess.image_size = {params.preprocess.image_size}); set it from 1 to {inputs}, or 0"
+        )
     if train.augment.mixup > 0 and model.loss != "categorical_crossentropy":
         raise StageError(
             f"{PARAMS_FILE}: train.augment.mixup = {train.augment.mixup!r} needs model.loss: "

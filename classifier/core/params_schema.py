@@ -133,6 +133,13 @@ class PreprocessParams(Section):
 class ModelParams(Section):
     """The network and how it is compiled."""
 
+    whitening: integer(0, 65536) = about(
+        "PCA-whiten the flattened image onto its first N principal components, fitted on the training "
+        "split and stored as a fixed layer of the model (0 = off)"
+    )
+    whitening_epsilon: number(0.0, 1.0, exclusive=True) = about(
+        "added to each component's variance before scaling it to 1: keeps faint, noisy directions small"
+    )
     hidden_units: list_of(integer(1, 65536)) = about("one Dense layer per entry, of this many units")
     activation: choice(*ACTIVATIONS) = about("the activation of every hidden layer")
     normalization: choice("none", "batch", "layer") = about("normalise hidden layers before activation")

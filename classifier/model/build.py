@@ -2,13 +2,16 @@
 
 Defaults are the classic recipe: Dense(512, relu) then Dense(10, softmax), adam,
 categorical_crossentropy, accuracy. The `model:` params go further (docs/better-recipe.md): more hidden
-layers, normalisation, dropout, residual connections, weight decay and label smoothing. Scaling to [0, 1]
+layers, normalisation, dropout, residual connections, weight decay and label smoothing, and a PCA whitening
+of the input. Scaling to [0, 1]
 and flattening are layers of the model, so the saved model takes raw uint8 images.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from classifier.model.whitening import WHITENING_LAYER
 
 
 def build_model(
@@ -20,8 +23,13 @@ def build_model(
     dropout: float = 0.0,
     residual: bool = False,
     seed: int | None = None,
+    whitening: int = 0,
 ) -> Any:
-    """The MLP, read top to bottom: raw uint8 image -> [0, 1] -> flat vector -> hidden blocks -> softmax.
+    """The MLP, read top to bottom: raw uint8 image -> [0, 1] -> flat vector -> (whitened) -> hidden blocks ->
+    softmax.
+
+    With `whitening` = N, a fixed Dense layer maps the flat vector to N whitened components; its weights are
+    zeros here, set from the training split by set_whitening (classifier/model/whitening.py).
 
     Each hidden block is Dense, then (optionally) batch or layer normalisation, the activation and dropout;
     with `residual`, a block as wide as its input adds that input to its output (x + block(x)).
@@ -32,6 +40,9 @@ def build_model(
     image = keras.Input(shape=(image_size, image_size, 3), dtype="uint8", name="image")
     x = layers.Rescaling(1.0 / 255, name="scale_to_unit")(image)
     x = layers.Flatten(name="flatten")(x)
+    if whitening:
+        # Zeros, not a random initializer: the hidden layers' seeded weights stay those drawn without it.
+        x = layers.Dense(whitening, kernel_initializer="zeros", trainable=False, name=WHITENING_LAYER)(x)
     for number, units in enumerate(hidden_units, start=1):
         block_input = x
         name = f"hidden_{number}"
