@@ -148,21 +148,21 @@ def load_params(path: str | os.PathLike = PARAMS_FILE) -> Params:
 def check_combinations(params: Params) -> None:
     """Values that are each fine alone but do not go together."""
     model, train = params.model, params.train
-    if model.label_smoothing > 0 and model.loss != "categorical_crossentropy":
-        raise StageError(
-            f"{PARAMS_FILE}: model.label_smoothing = {model.label_smoothing!r} needs model.loss: "
-            f"categorical_crossentropy (got {model.loss}); set label_smoothing to 0 or change the loss"
-        )
+    # Both change the targets, which the sparse loss takes as class numbers.
+    for key, value in (
+        ("model.label_smoothing", model.label_smoothing),
+        ("train.augment.mixup", train.augment.mixup),
+    ):
+        if value > 0 and model.loss != "categorical_crossentropy":
+            raise StageError(
+                f"{PARAMS_FILE}: {key} = {value!r} needs model.loss: categorical_crossentropy "
+                f"(got {model.loss}); set {key.rsplit('.', 1)[1]} to 0 or change the loss"
+            )
     inputs = params.preprocess.image_size**2 * 3
     if model.whitening > inputs:
         raise StageError(
             f"{PARAMS_FILE}: model.whitening = {model.whitening} is more components than an image has values "
             f"({inputs} at preprocess.image_size = {params.preprocess.image_size}); set it from 1 to {inputs}, or 0"
-        )
-    if train.augment.mixup > 0 and model.loss != "categorical_crossentropy":
-        raise StageError(
-            f"{PARAMS_FILE}: train.augment.mixup = {train.augment.mixup!r} needs model.loss: "
-            f"categorical_crossentropy (got {model.loss}); set mixup to 0 or change the loss"
         )
     if train.warmup_epochs > 0 and train.lr_schedule != "cosine":
         raise StageError(
