@@ -2,11 +2,14 @@
 
     python benchmarks/train_speed.py               # real CIFAR-10 JPEGs from ../shared/data if present
     python benchmarks/train_speed.py --tiny        # a few seconds on generated data (CI); or BENCH_TINY=1
+    python benchmarks/train_speed.py --recipe recipes/better-mlp.yaml   # a recipe's model: stage runs only
 
 Each run trains in its own subprocess (so peak RSS is per process); plain and stage runs alternate, and
 medians of the epochs after the first (which includes tracing and compilation) are compared. A third kind
 of subprocess measures the GEMM ceiling: TensorFlow's matmul at the training shapes and a large numpy GEMM.
 The plain recipe: float32 copies of the images scaled to [0, 1], one-hot labels, model.fit(batch_size=32).
+With --recipe, the stage trains the recipe's model (its params merged into params.yaml, as recipes/run.py
+does) and the plain runs are left out: the plain recipe is the classic model only.
 Both use the same seed, thread count and op determinism (classifier.model.runtime.configure_tensorflow).
 """
 
@@ -35,6 +38,7 @@ from classifier.core.errors import StageError  # noqa: E402
 from classifier.core.files import write_json  # noqa: E402
 from classifier.core.params import load_params, validate_params  # noqa: E402
 from classifier.data.splits import load_split, save_split  # noqa: E402
+from recipes.run import apply, read_recipe  # noqa: E402
 
 REAL_ARCHIVE = PROJECT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 CACHE = PROJECT / "benchmarks" / "results"
@@ -153,25 +157,22 @@ def run_plain(data: Path, params: dict[str, Any], epochs: int) -> dict[str, Any]
 
 
 def run_stage(data: Path, params: dict[str, Any], epochs: int) -> dict[str, Any]:
-    """What `python -m stages.train` does: same model, data loading, fit path and DVCLive logging."""
-    from classifier.core.params_schema import TrainParams
-    from classifier.model.build import build_model, compile_model
+    """What `python -m stages.build_and_compile` and `python -m stages.train` do: the same model from the
+    params, data loading, fit path and DVCLive logging."""
+    from classifier.model.build import compiled_model
     from classifier.model.runtime import configure_tensorflow
     from classifier.training.batches import load_images
     from classifier.training.fit import fit
 
-    configure_tensorflow(seed=params["seed"], threads=params["train"]["threads"])
+    typed = validate_params(params)
+    configure_tensorflow(seed=typed.seed, threads=typed.train.threads)
     from dvclive import Live
     from dvclive.keras import DVCLiveCallback
 
-    settings = params["model"]
     classes = len(json.loads((data / "classes.json").read_text()))
-    model = build_model(
-        params["preprocess"]["image_size"], classes, settings["hidden_units"], settings["activation"]
-    )
-    compile_model(model, settings["optimizer"], settings["learning_rate"], settings["loss"])
     train = load_images(data / "train.npz")
     validation = load_images(data / "validation.npz")
+    model = compiled_model(typed, classes, train[0])
     timer = epoch_timer()
     with (
         tempfile.TemporaryDirectory() as metrics,
@@ -181,8 +182,8 @@ def run_stage(data: Path, params: dict[str, Any], epochs: int) -> dict[str, Any]
             model,
             train,
             validation,
-            TrainParams.model_validate({**params["train"], "epochs": epochs}),
-            params["seed"],
+            typed.train.model_copy(update={"epochs": epochs}),
+            typed.seed,
             [timer, DVCLiveCallback(live=live)],
             verbose=0,
         )
@@ -195,17 +196,33 @@ def run_stage(data: Path, params: dict[str, Any], epochs: int) -> dict[str, Any]
     }
 
 
+def matmul_shapes(
+    params: dict[str, Any], classes: int
+) -> list[tuple[tuple[int, int], tuple[int, int], bool]]:
+    """Every matmul of one training step as (a shape, b shape, transpose_a): forward, weight gradient and
+    (all trainable layers but the first) input gradient, as flops_per_sample counts them."""
+    batch = params["train"]["batch_size"]
+    sizes, frozen = layer_sizes(params, classes)
+    shapes = []
+    for number, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        shapes.append(((batch, a), (a, b), False))  # forward
+        if number >= frozen:
+            shapes.append(((batch, a), (batch, b), True))  # weight gradient
+        if number > frozen:
+            shapes.append(((batch, b), (b, a), False))  # input gradient (transposed weights: same work)
+    return shapes
+
+
 def run_gemm(params: dict[str, Any], tiny: bool) -> dict[str, float]:
-    """GFLOP/s of TensorFlow's matmul at the training shapes, and of a large numpy (OpenBLAS) GEMM."""
+    """GFLOP/s of TensorFlow's matmul at the training step's shapes, and of a large numpy (OpenBLAS) GEMM."""
     from classifier.model.runtime import configure_tensorflow
 
     configure_tensorflow(threads=params["train"]["threads"])
     import tensorflow as tf
 
-    batch, inputs, hidden = params["train"]["batch_size"], 32 * 32 * 3, params["model"]["hidden_units"][0]
     repeats = 5 if tiny else 200
 
-    def tf_gflops(a_shape: tuple[int, int], b_shape: tuple[int, int], transpose_a: bool) -> float:
+    def tf_seconds(a_shape: tuple[int, int], b_shape: tuple[int, int], transpose_a: bool) -> float:
         rng = np.random.default_rng(0)
         a, b = (
             tf.constant(rng.random(a_shape, dtype=np.float32)),
@@ -214,37 +231,38 @@ def run_gemm(params: dict[str, Any], tiny: bool) -> dict[str, float]:
         # One matmul per call (a loop inside one graph could be merged into a single matmul by grappler).
         matmul = tf.function(lambda a, b: tf.matmul(a, b, transpose_a=transpose_a))
         matmul(a, b)  # trace and warm up
-        best = min(_seconds(lambda: [matmul(a, b) for _ in range(repeats)]) for _ in range(3))
-        m, k = (a_shape[1], a_shape[0]) if transpose_a else a_shape
-        return 2 * m * k * b_shape[1] * repeats / best / 1e9
+        return min(_seconds(lambda: [matmul(a, b) for _ in range(repeats)]) for _ in range(3)) / repeats
 
+    # The step's matmuls, each timed alone: their FLOPs over their summed times (slow shapes weigh more).
+    flops = seconds = 0.0
+    for a_shape, b_shape, transpose_a in matmul_shapes(params, 10):
+        m, k = (a_shape[1], a_shape[0]) if transpose_a else a_shape
+        flops += 2 * m * k * b_shape[1]
+        seconds += tf_seconds(a_shape, b_shape, transpose_a)
     size = 256 if tiny else 2048
     a, b = np.random.default_rng(0).random((2, size, size), dtype=np.float32)
     a @ b
     numpy_best = min(_seconds(lambda: a @ b) for _ in range(5))
     return {
-        # forward: (batch, inputs) @ (inputs, hidden); weight gradient: (batch, inputs)^T @ (batch, hidden)
-        "tf_forward": tf_gflops((batch, inputs), (inputs, hidden), transpose_a=False),
-        "tf_weight_gradient": tf_gflops((batch, inputs), (batch, hidden), transpose_a=True),
+        "tf_step_shapes": flops / seconds / 1e9,
         "numpy_large": 2 * size**3 / numpy_best / 1e9,
-        "adam_update_ms": adam_update_ms(params, repeats),
+        "optimizer_update_ms": optimizer_update_ms(params, repeats),
     }
 
 
-def adam_update_ms(params: dict[str, Any], repeats: int) -> float:
-    """Milliseconds per Keras Adam update of all the model's weights, `repeats` updates in one XLA loop.
+def optimizer_update_ms(params: dict[str, Any], repeats: int) -> float:
+    """Milliseconds per update of all the model's weights by its own optimizer, `repeats` updates in one
+    XLA loop.
 
-    Adam reads and writes every weight and both its moments at every step: memory traffic, not GEMM work.
+    Adam(W) reads and writes every weight and both its moments at every step: memory traffic, not GEMM work.
     """
-    import keras
     import tensorflow as tf
 
-    from classifier.model.build import build_model
+    from classifier.model.build import compiled_model
 
-    model = build_model(32, 10, params["model"]["hidden_units"], params["model"]["activation"])
-    weights = model.trainable_variables
-    optimizer = keras.optimizers.Adam(params["model"]["learning_rate"])
-    optimizer.build(weights)
+    # Two blank images are enough to fit a whitening layer of the right shape: only its shape matters here.
+    model = compiled_model(validate_params(params), 10, np.zeros((2, 32, 32, 3), np.uint8))
+    weights, optimizer = model.trainable_variables, model.optimizer
     rng = np.random.default_rng(0)
     gradients = [tf.constant(rng.normal(0, 1e-3, w.shape).astype(np.float32)) for w in weights]
 
@@ -272,12 +290,13 @@ def _seconds(call: Any) -> float:
 
 
 def spawn(
-    worker: str, data: Path, epochs: int, tiny: bool, overrides: list[str]
+    worker: str, data: Path, epochs: int, tiny: bool, overrides: list[str], recipe: Path | None
 ) -> tuple[dict[str, Any], float]:
     """Run one worker process; return its JSON result and its peak RSS in MB (from wait4)."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         command = [sys.executable, __file__, "--worker", worker, "--data", str(data), "--epochs", str(epochs)]
         command += ["--output", out.name, *(["--tiny"] if tiny else []), *(f"--set={s}" for s in overrides)]
+        command += ["--recipe", str(recipe)] if recipe else []
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         process = subprocess.Popen(command, cwd=PROJECT, env=env)
         _, status, usage = os.wait4(process.pid, 0)
@@ -286,16 +305,24 @@ def spawn(
         return json.loads(Path(out.name).read_text()), usage.ru_maxrss / 1024
 
 
-def flops_per_sample(inputs: int, units: list[int], classes: int) -> tuple[float, float]:
+def layer_sizes(params: dict[str, Any], classes: int) -> tuple[list[int], int]:
+    """The widths of the MLP's matmuls, input first, and how many leading ones are fixed (the whitening)."""
+    inputs, whitening = params["preprocess"]["image_size"] ** 2 * 3, params["model"]["whitening"]
+    sizes = [inputs, *([whitening] if whitening else []), *params["model"]["hidden_units"], classes]
+    return sizes, 1 if whitening else 0
+
+
+def flops_per_sample(params: dict[str, Any], classes: int) -> tuple[float, float]:
     """(training, inference) FLOPs per sample of the MLP: multiply-adds of every matmul count 2.
 
-    Training = forward + weight gradients + input gradients of every layer but the first (the images
-    need no gradient). Bias, activation, loss and optimizer work are left out (they are not GEMMs).
+    Training = forward + weight gradients of the trainable layers + input gradients of every trainable
+    layer but the first (the images, and a fixed whitening, need no gradient). Bias, normalisation,
+    activation, loss and optimizer work are left out (they are not GEMMs).
     """
-    sizes = [inputs, *units, classes]
+    sizes, frozen = layer_sizes(params, classes)
     layers = [2 * a * b for a, b in zip(sizes, sizes[1:])]
     forward = sum(layers)
-    return forward + forward + sum(layers[1:]), forward
+    return forward + sum(layers[frozen:]) + sum(layers[frozen + 1 :]), forward
 
 
 def summarize(
@@ -304,19 +331,19 @@ def summarize(
     gemm: list[dict[str, float]],
     params: dict[str, Any],
 ) -> dict[str, Any]:
-    first = results["plain"][0]
+    first = results["stage"][0]
     classes = 10
-    train_flops, infer_flops = flops_per_sample(32 * 32 * 3, params["model"]["hidden_units"], classes)
+    train_flops, infer_flops = flops_per_sample(params, classes)
     epoch_flops = first["train"] * train_flops + first["validation"] * infer_flops
-    tf_ceiling = statistics.median(statistics.mean([g["tf_forward"], g["tf_weight_gradient"]]) for g in gemm)
+    tf_ceiling = statistics.median(g["tf_step_shapes"] for g in gemm)
     numpy_ceiling = statistics.median(g["numpy_large"] for g in gemm)
     summary: dict[str, Any] = {
         "train_samples": first["train"],
         "validation_samples": first["validation"],
         "training_mflop_per_sample": train_flops / 1e6,
-        "gemm_gflops": {"tf_training_shapes": tf_ceiling, "numpy_large": numpy_ceiling},
+        "gemm_gflops": {"tf_step_shapes": tf_ceiling, "numpy_large": numpy_ceiling},
     }
-    for kind in KINDS:
+    for kind in results:
         # Epoch 1 includes tracing and (for XLA) compilation: medians are over the later epochs.
         steady = [t for r in results[kind] for t in (r["wall"][1:] or r["wall"])]
         cpu = [t for r in results[kind] for t in (r["cpu"][1:] or r["cpu"])]
@@ -335,22 +362,23 @@ def summarize(
             "peak_rss_mb": max(rss[kind]),
             "final_val_accuracy": results[kind][-1]["logs"].get("val_accuracy"),
         }
-    summary["speedup"] = summary["stage"]["samples_per_second"] / summary["plain"]["samples_per_second"]
-    # CPU seconds do not count the time the process waits for a core (other jobs, a busy VM host).
-    summary["cpu_speedup"] = (
-        summary["plain"]["cpu_seconds_per_epoch"] / summary["stage"]["cpu_seconds_per_epoch"]
-    )
     # What the same math costs at these kernels' own speed, nothing else counted: the floor of an epoch.
     batches = -(-first["train"] // params["train"]["batch_size"])
     summary["floor_seconds"] = {
         "matmuls": epoch_flops / tf_ceiling / 1e9,
-        "adam": batches * statistics.median(g["adam_update_ms"] for g in gemm) / 1e3,
+        "optimizer": batches * statistics.median(g["optimizer_update_ms"] for g in gemm) / 1e3,
     }
-    summary["three_x_epoch_seconds"] = summary["plain"]["epoch_seconds"] / 3
+    if "plain" in results:
+        summary["speedup"] = summary["stage"]["samples_per_second"] / summary["plain"]["samples_per_second"]
+        # CPU seconds do not count the time the process waits for a core (other jobs, a busy VM host).
+        summary["cpu_speedup"] = (
+            summary["plain"]["cpu_seconds_per_epoch"] / summary["stage"]["cpu_seconds_per_epoch"]
+        )
+        summary["three_x_epoch_seconds"] = summary["plain"]["epoch_seconds"] / 3
     return summary
 
 
-def print_table(summary: dict[str, Any]) -> None:
+def print_table(summary: dict[str, Any], kinds: tuple[str, ...]) -> None:
     rows = [
         ("epoch, median (s)", "epoch_seconds", "{:.2f}"),
         ("first epoch (s)", "first_epoch_seconds", "{:.2f}"),
@@ -362,24 +390,29 @@ def print_table(summary: dict[str, Any]) -> None:
         ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
         ("val accuracy, last", "final_val_accuracy", "{:.4f}"),
     ]
-    print(f"\n{'':24}{LABELS['plain']:>16}{LABELS['stage']:>16}")
+    print(f"\n{'':24}" + "".join(f"{LABELS[kind]:>16}" for kind in kinds))
     for label, key, fmt in rows:
-        cells = [fmt.format(summary[kind][key]) if summary[kind][key] is not None else "-" for kind in KINDS]
-        print(f"{label:24}{cells[0]:>16}{cells[1]:>16}")
+        cells = [fmt.format(summary[kind][key]) if summary[kind][key] is not None else "-" for kind in kinds]
+        print(f"{label:24}" + "".join(f"{cell:>16}" for cell in cells))
     ceilings = summary["gemm_gflops"]
     print(
-        f"\nGEMM ceilings: TensorFlow matmul at the training shapes "
-        f"{ceilings['tf_training_shapes']:.1f} GFLOP/s, "
+        f"\nGEMM ceilings: TensorFlow matmul at the training step's shapes "
+        f"{ceilings['tf_step_shapes']:.1f} GFLOP/s, "
         f"numpy large GEMM {ceilings['numpy_large']:.1f} GFLOP/s "
         f"({summary['training_mflop_per_sample']:.2f} MFLOP per training sample)"
     )
-    print(f"speed-up (samples/s, stage / plain): {summary['speedup']:.2f}x")
-    print(f"CPU time per epoch, plain / stage: {summary['cpu_speedup']:.2f}x")
     floor = summary["floor_seconds"]
+    three_x = (
+        f" (3x the plain recipe means {summary['three_x_epoch_seconds']:.2f} s per epoch)"
+        if "plain" in kinds
+        else ""
+    )
+    if "plain" in kinds:
+        print(f"speed-up (samples/s, stage / plain): {summary['speedup']:.2f}x")
+        print(f"CPU time per epoch, plain / stage: {summary['cpu_speedup']:.2f}x")
     print(
-        f"floor of an epoch at these kernels' speed: matmuls {floor['matmuls']:.2f} s + Adam updates "
-        f"{floor['adam']:.2f} s = {floor['matmuls'] + floor['adam']:.2f} s "
-        f"(3x the plain recipe means {summary['three_x_epoch_seconds']:.2f} s per epoch)"
+        f"floor of an epoch at these kernels' speed: matmuls {floor['matmuls']:.2f} s + optimizer updates "
+        f"{floor['optimizer']:.2f} s = {floor['matmuls'] + floor['optimizer']:.2f} s{three_x}"
     )
 
 
@@ -418,12 +451,24 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="override a train: param, e.g. --set jit_compile=false (plain uses batch_size, threads)",
     )
+    parser.add_argument(
+        "--recipe",
+        type=Path,
+        default=None,
+        help="train this recipe's model (stage runs only), e.g. recipes/better-mlp.yaml",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
     parser.add_argument("--worker", choices=[*KINDS, "gemm"], help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     params = load_params(PROJECT / "params.yaml").model_dump()  # as the file has them, edited by --set
+    try:
+        if args.recipe:
+            params = apply(params, read_recipe(args.recipe))
+    except StageError as error:
+        sys.exit(f"error: {error}")
+    kinds = ("stage",) if args.recipe else KINDS
     for override in args.set:
         key, _, value = override.partition("=")
         if key not in params["train"]:
@@ -456,21 +501,22 @@ def main() -> None:
         print(
             f"data: {source}; {epochs} epochs x {rounds} rounds per recipe; "
             f"batch {params['train']['batch_size']}; "
-            f"train params: {params['train']}",
+            f"train params: {params['train']}"
+            + (f"; model params: {params['model']}" if args.recipe else ""),
             flush=True,
         )
 
-        results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
-        rss: dict[str, list[float]] = {kind: [] for kind in KINDS}
+        results: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
+        rss: dict[str, list[float]] = {kind: [] for kind in kinds}
         gemm = []
         for round_number in range(rounds):
-            order = KINDS if round_number % 2 == 0 else KINDS[::-1]
+            order = kinds if round_number % 2 == 0 else kinds[::-1]
             for kind in order:
                 print(f"round {round_number + 1}/{rounds}: {LABELS[kind]}", flush=True)
-                result, peak = spawn(kind, data, epochs, args.tiny, args.set)
+                result, peak = spawn(kind, data, epochs, args.tiny, args.set, args.recipe)
                 results[kind].append(result)
                 rss[kind].append(peak)
-            gemm.append(spawn("gemm", data, epochs, args.tiny, args.set)[0])
+            gemm.append(spawn("gemm", data, epochs, args.tiny, args.set, args.recipe)[0])
 
     summary = summarize(results, rss, gemm, params)
     summary.update(
@@ -480,8 +526,10 @@ def main() -> None:
         rounds=rounds,
         load_average_end=os.getloadavg()[0],
         train_params=params["train"],
+        model_params=params["model"],
+        recipe=str(args.recipe) if args.recipe else None,
     )
-    print_table(summary)
+    print_table(summary, kinds)
     print(f"load average at end: {summary['load_average_end']:.2f}")
     if args.json:
         write_json(args.json, summary)

@@ -15,10 +15,9 @@ from classifier.core.errors import StageError, run
 from classifier.core.files import read_json, write_text
 from classifier.core.params import load_params
 from classifier.data.splits import load_split
-from classifier.model.build import build_model, compile_model, summarize
+from classifier.model.build import compiled_model, summarize
 from classifier.model.runtime import configure_tensorflow
 from classifier.model.saving import save_model
-from classifier.model.whitening import set_whitening
 
 
 def main() -> None:
@@ -38,28 +37,8 @@ def main() -> None:
         )
 
     configure_tensorflow(seed=params.seed)
-    image_size, num_classes = params.preprocess.image_size, len(read_json(args.classes))
-    model = build_model(
-        image_size,
-        num_classes,
-        model_params.hidden_units,
-        model_params.activation,
-        model_params.normalization,
-        model_params.dropout,
-        model_params.residual,
-        seed=params.seed,
-        whitening=model_params.whitening,
-    )
-    if model_params.whitening:
-        set_whitening(model, load_split(args.train_split)[0], model_params.whitening_epsilon)
-    compile_model(
-        model,
-        model_params.optimizer,
-        model_params.learning_rate,
-        model_params.loss,
-        model_params.weight_decay,
-        model_params.label_smoothing,
-    )
+    train_images = load_split(args.train_split)[0] if model_params.whitening else None
+    model = compiled_model(params, len(read_json(args.classes)), train_images)
     save_model(model, args.model)
     write_text(args.summary, summarize(model))
     print(summarize(model), end="")

@@ -9,9 +9,14 @@ images.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from classifier.model.whitening import WHITENING_LAYER
+from classifier.model.whitening import WHITENING_LAYER, set_whitening
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from classifier.core.params_schema import Params
 
 
 def build_model(
@@ -89,6 +94,36 @@ def compile_model(
     )
     # Create the optimizer's slots now, so the saved file holds them and loads without a mismatch.
     model.optimizer.build(model.trainable_variables)
+
+
+def compiled_model(params: Params, num_classes: int, train_images: np.ndarray | None = None) -> Any:
+    """The model the `model:` params describe, built, whitened (fitted on `train_images`) and compiled:
+    what build_and_compile saves, and what the benchmarks train."""
+    settings = params.model
+    model = build_model(
+        params.preprocess.image_size,
+        num_classes,
+        settings.hidden_units,
+        settings.activation,
+        settings.normalization,
+        settings.dropout,
+        settings.residual,
+        seed=params.seed,
+        whitening=settings.whitening,
+    )
+    if settings.whitening:
+        if train_images is None:
+            raise ValueError("model.whitening is on: the training images are needed to fit it")
+        set_whitening(model, train_images, settings.whitening_epsilon)
+    compile_model(
+        model,
+        settings.optimizer,
+        settings.learning_rate,
+        settings.loss,
+        settings.weight_decay,
+        settings.label_smoothing,
+    )
+    return model
 
 
 def summarize(model: Any) -> str:
