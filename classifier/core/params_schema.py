@@ -150,6 +150,10 @@ class ModelParams(Section):
     weight_decay: number(0.0, 1.0) = about("decoupled weight decay, as in AdamW: 0 = off")
     label_smoothing: number(0.0, 0.5) = about("targets (1-s) * one-hot + s/classes (categorical loss only)")
     loss: choice(*LOSSES) = about("the Keras loss")
+    flip_average: BOOLEAN = about(
+        "test-time augmentation: predict the mean of the image's and its mirror image's probabilities, "
+        "in evaluate, predict and every exported format (training is unchanged)"
+    )
 
 
 class AugmentParams(Section):

@@ -28,7 +28,8 @@ from typing import Any
 from classifier.core.errors import StageError
 
 # The ops in the serving functions of every SavedModel the export stage writes, for every model the params
-# can build: each activation, no/batch/layer normalisation, dropout, residual connections (listed from
+# can build: each activation, no/batch/layer normalisation, dropout, residual connections, the whitening
+# layer and the flip average (model.flip_average: a transpose, a fixed matmul, a mean; listed from
 # real exports; tests/unit/test_export_checks.py exports such models and fails if one needs more).
 # Nothing here reads or writes state outside the graph, or calls out of it.
 SAVED_MODEL_OPS = frozenset(
@@ -36,8 +37,9 @@ SAVED_MODEL_OPS = frozenset(
     {"PartitionedCall", "StatefulPartitionedCall", "Const", "Identity", "IdentityN", "NoOp", "StopGradient"}
     # reading the model's own weights, captured as arguments
     | {"ReadVariableOp"}
-    # shapes and types
-    | {"Cast", "Pack", "Reshape", "Shape", "StridedSlice"}
+    # shapes and types (a Dense layer on images, the flip average's mirror, computes its shapes with
+    # GatherV2, Prod and ConcatV2: on shapes only, nothing outside the graph)
+    | {"Cast", "Pack", "Reshape", "Shape", "StridedSlice", "Transpose", "ConcatV2", "GatherV2", "Prod"}
     # arithmetic, dense layers, normalisation
     | {"AddV2", "Sub", "Mul", "RealDiv", "Neg", "Square", "SquaredDifference", "Rsqrt", "Exp", "Erfc"}
     | {"MatMul", "BiasAdd", "Mean", "Sum"}

@@ -61,15 +61,19 @@ def killed_after_backup(epoch: int):
         yield
 
 
-def train_in_process(data: Path, run: Path, stop_after: int = 0, **train: object) -> dict:
+def train_in_process(
+    data: Path, run: Path, stop_after: int = 0, flip_average: bool = False, **train: object
+) -> dict:
     """The training job with seed 7 in `run` (its backups, DVCLive folder and model); `stop_after` kills it
     after that epoch's backup. The trained weights' hash, this call's history, the best epoch (0-based),
-    the kept model's scores on the raw validation images and its final learning rate."""
+    the kept model's scores on the raw validation images and its final learning rate (with `flip_average`,
+    of the trained model inside the saved one)."""
     from classifier.training.job import train_model
 
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     params["seed"] = 7
     params["train"] = {**TRAIN, **train}
+    params["model"]["flip_average"] = flip_average
     run.mkdir(parents=True, exist_ok=True)
     job = (
         data / "compiled.keras",
@@ -87,6 +91,8 @@ def train_in_process(data: Path, run: Path, stop_after: int = 0, **train: object
             return {}
         trained = train_model(*job)
     model, (images, labels) = trained.model, load_split(data / "validation.npz")
+    if flip_average:
+        model = model.get_layer("mlp")
     targets = np.eye(3, dtype=np.float32)[labels]
     unaugmented = model.evaluate(images, targets, batch_size=16, verbose=0, return_dict=True)
     return {
@@ -126,6 +132,20 @@ def test_validation_sees_the_images_unaugmented(uninterrupted: dict) -> None:
 def test_augmentation_changes_training(recipe_data: Path, uninterrupted: dict, tmp_path: Path) -> None:
     plain = train_in_process(recipe_data, tmp_path, augment={"flip": False, "crop_padding": 0, "mixup": 0.0})
     assert plain["weights"] != uninterrupted["weights"]
+
+
+def test_flip_average_trains_the_same_and_saves_the_model_wrapped(
+    recipe_data: Path, uninterrupted: dict, tmp_path: Path
+) -> None:
+    """Test-time augmentation changes what the saved model predicts, never how it trains or validates."""
+    from classifier.model.flip_average import AVERAGE_LAYER
+    from classifier.model.saving import load_model
+
+    flipped = train_in_process(recipe_data, tmp_path, flip_average=True)
+    assert flipped["weights"] == uninterrupted["weights"]
+    assert flipped["history"] == uninterrupted["history"]
+    saved = load_model(tmp_path / "model.keras")
+    assert saved.get_layer(AVERAGE_LAYER).name == AVERAGE_LAYER and saved.get_layer("mlp").name == "mlp"
 
 
 def test_interrupted_run_resumes_exactly(recipe_data: Path, uninterrupted: dict, tmp_path: Path) -> None:
