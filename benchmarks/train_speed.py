@@ -307,9 +307,12 @@ def spawn(
 
 def layer_sizes(params: dict[str, Any], classes: int) -> tuple[list[int], int]:
     """The widths of the MLP's matmuls, input first, and how many leading ones are fixed (the whitening)."""
-    inputs, whitening = params["preprocess"]["image_size"] ** 2 * 3, params["model"]["whitening"]
-    sizes = [inputs, *([whitening] if whitening else []), *params["model"]["hidden_units"], classes]
-    return sizes, 1 if whitening else 0
+    model = params["model"]
+    inputs, whitening = params["preprocess"]["image_size"] ** 2 * 3, model["whitening"]
+    sizes = [inputs, *([whitening] if whitening else []), *model["hidden_units"]]
+    for _ in range(model["bottleneck_blocks"]):  # each block widens, then projects back
+        sizes += [model["bottleneck_expansion"] * sizes[-1], sizes[-1]]
+    return [*sizes, classes], 1 if whitening else 0
 
 
 def flops_per_sample(params: dict[str, Any], classes: int) -> tuple[float, float]:

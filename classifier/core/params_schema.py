@@ -145,6 +145,11 @@ class ModelParams(Section):
     normalization: choice("none", "batch", "layer") = about("normalise hidden layers before activation")
     dropout: number(0.0, 0.95) = about("fraction of each hidden layer's outputs dropped in training")
     residual: BOOLEAN = about("hidden layers as wide as their input add it: x + layer(x)")
+    bottleneck_blocks: integer(0, 64) = about(
+        "inverted-bottleneck blocks after the hidden layers, x + W2 act(W1 norm(x)), as wide as their "
+        "input (0 = none)"
+    )
+    bottleneck_expansion: integer(1, 64) = about("how many times W1 widens each bottleneck block's input")
     optimizer: choice(*OPTIMIZERS) = about("the Keras optimizer")
     learning_rate: number(0.0, 10.0, exclusive=True) = about("the peak rate if lr_schedule is cosine")
     weight_decay: number(0.0, 1.0) = about("decoupled weight decay, as in AdamW: 0 = off")

@@ -2,8 +2,8 @@
 
 Defaults are the classic recipe: Dense(512, relu) then Dense(10, softmax), adam,
 categorical_crossentropy, accuracy. The `model:` params go further (docs/better-recipe.md): more hidden
-layers, normalisation, dropout, residual connections, weight decay and label smoothing, and a PCA whitening
-of the input. Scaling to [0, 1] and flattening are layers of the model, so the saved model takes raw uint8
+layers, normalisation, dropout, residual connections, pre-norm inverted-bottleneck blocks, weight decay and
+label smoothing, and a PCA whitening of the input. Scaling to [0, 1] and flattening are layers of the model, so the saved model takes raw uint8
 images.
 """
 
@@ -29,6 +29,8 @@ def build_model(
     residual: bool = False,
     seed: int | None = None,
     whitening: int = 0,
+    bottleneck_blocks: int = 0,
+    bottleneck_expansion: int = 4,
 ) -> Any:
     """The MLP, read top to bottom: raw uint8 image -> [0, 1] -> flat vector -> (whitened) -> hidden blocks ->
     softmax.
@@ -38,6 +40,10 @@ def build_model(
 
     Each hidden block is Dense, then (optionally) batch or layer normalisation, the activation and dropout;
     with `residual`, a block as wide as its input adds that input to its output (x + block(x)).
+
+    Then `bottleneck_blocks` inverted-bottleneck blocks, x + W2 act(W1 norm(x)), as wide as what comes
+    in, W1 widening it `bottleneck_expansion` times (Bachmann et al. 2023, "Scaling MLPs"); normalised
+    first, so that the residual path stays the identity, and once more after the last block.
     """
     import keras
     from keras import layers
@@ -56,8 +62,7 @@ def build_model(
         else:
             # The normalisation's own shift makes the Dense bias redundant.
             x = layers.Dense(units, use_bias=False, name=name)(x)
-            norm = layers.BatchNormalization if normalization == "batch" else layers.LayerNormalization
-            x = norm(name=f"{name}_{normalization}_norm")(x)
+            x = _normalization(normalization, f"{name}_{normalization}_norm")(x)
             x = layers.Activation(activation, name=f"{name}_{activation}")(x)
         if dropout > 0:
             # Seeded per layer from the params seed: the masks are part of the experiment's identity.
@@ -65,8 +70,29 @@ def build_model(
             x = layers.Dropout(dropout, seed=layer_seed, name=f"{name}_dropout")(x)
         if residual and block_input.shape[-1] == units:
             x = layers.Add(name=f"{name}_residual")([block_input, x])
+    for number in range(1, bottleneck_blocks + 1):
+        x = _inverted_bottleneck(x, f"block_{number}", bottleneck_expansion, activation, normalization)
+    if bottleneck_blocks and normalization != "none":
+        x = _normalization(normalization, "blocks_norm")(x)
     probabilities = layers.Dense(num_classes, activation="softmax", name="class_probabilities")(x)
     return keras.Model(image, probabilities, name="mlp")
+
+
+def _inverted_bottleneck(x: Any, name: str, expansion: int, activation: str, normalization: str) -> Any:
+    """x + W2 act(W1 norm(x)), W1 widening x `expansion` times and W2 projecting back."""
+    from keras import layers
+
+    width = x.shape[-1]
+    h = x if normalization == "none" else _normalization(normalization, f"{name}_{normalization}_norm")(x)
+    h = layers.Dense(expansion * width, activation=activation, name=f"{name}_expand")(h)
+    h = layers.Dense(width, name=f"{name}_project")(h)
+    return layers.Add(name=f"{name}_residual")([x, h])
+
+
+def _normalization(kind: str, name: str) -> Any:
+    from keras import layers
+
+    return (layers.BatchNormalization if kind == "batch" else layers.LayerNormalization)(name=name)
 
 
 def compile_model(
@@ -110,6 +136,8 @@ def compiled_model(params: Params, num_classes: int, train_images: np.ndarray | 
         settings.residual,
         seed=params.seed,
         whitening=settings.whitening,
+        bottleneck_blocks=settings.bottleneck_blocks,
+        bottleneck_expansion=settings.bottleneck_expansion,
     )
     if settings.whitening:
         if train_images is None:

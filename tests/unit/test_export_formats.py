@@ -80,7 +80,7 @@ def test_each_format_gives_the_keras_model_s_probabilities(tiny: dict, name: str
 @pytest.fixture(scope="module")
 def better(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A model like recipes/better-mlp.yaml's (3 hidden layers, batch norm, dropout, residual, adamw), with a
-    PCA whitening layer, trained for 3 epochs, wrapped for flip test-time augmentation (model.flip_average)
+    PCA whitening layer and an inverted-bottleneck block, trained for 3 epochs, wrapped for flip test-time augmentation (model.flip_average)
     and exported once."""
     from classifier.model.build import build_model, compile_model
     from classifier.model.flip_average import with_flip_average
@@ -92,8 +92,9 @@ def better(tmp_path_factory: pytest.TempPathFactory) -> dict:
     labels = np.arange(330) % 3
     images = learnable_images(labels, seed=11)
     model = build_model(
-        32, 3, [16, 16, 16], "relu", "batch", dropout=0.25, residual=True, seed=7, whitening=48
-    )
+        32, 3, [16, 16, 16], "relu", "batch", dropout=0.25, residual=True, seed=7, whitening=48,
+        bottleneck_blocks=1, bottleneck_expansion=2,
+    )  # fmt: skip
     set_whitening(model, images[:270], 0.01)
     compile_model(model, "adamw", 0.002, "categorical_crossentropy", weight_decay=0.1, label_smoothing=0.1)
     trained(root, model, images, labels)

@@ -112,6 +112,27 @@ def test_residual_block_adds_its_input() -> None:
     np.testing.assert_array_equal(np.asarray(block_output), np.asarray(block_input))
 
 
+def test_inverted_bottleneck_blocks_widen_project_back_and_add_their_input() -> None:
+    """x + W2 act(W1 norm(x)) after the hidden layers, each block as wide as its input, then one last norm."""
+    import keras
+
+    model = build([16], normalization="layer", bottleneck_blocks=2, bottleneck_expansion=3)
+    assert model.get_layer("block_1_expand").units == 48 and model.get_layer("block_2_project").units == 16
+    names = [layer.name for layer in model.layers]
+    assert names.index("block_2_residual") < names.index("blocks_norm") < names.index("class_probabilities")
+    images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    x, normalised, branch, out = keras.Model(
+        model.input,
+        [
+            model.get_layer(name).output
+            for name in ("hidden_1_relu", "block_1_layer_norm", "block_1_project", "block_1_residual")
+        ],  # fmt: skip
+    )(images)
+    assert not np.allclose(np.asarray(normalised), np.asarray(x)), "the branch sees x normalised"
+    np.testing.assert_allclose(np.asarray(out), np.asarray(x) + np.asarray(branch), rtol=1e-6)
+    assert not [layer for layer in build([16]).layers if layer.name.startswith("block")]
+
+
 def test_dropout_is_active_in_training_only() -> None:
     model = build([64], dropout=0.5, seed=1)
     assert model.get_layer("hidden_1_dropout").rate == 0.5
@@ -128,7 +149,10 @@ def build_everything(seed: int):
 
     keras.backend.clear_session()  # as in a fresh process: layer and optimizer names count from 0 again
     configure_tensorflow(seed=seed)
-    model = build_model(8, 3, [16, 16], "relu", normalization="batch", dropout=0.25, residual=True, seed=seed)
+    model = build_model(
+        8, 3, [16, 16], "relu", normalization="batch", dropout=0.25, residual=True, seed=seed, bottleneck_blocks=1,
+        bottleneck_expansion=2,
+    )  # fmt: skip
     compile_model(model, "adamw", 0.002, "categorical_crossentropy", weight_decay=0.05, label_smoothing=0.1)
     return model
 
