@@ -3,8 +3,8 @@
 Defaults are the classic recipe: Dense(512, relu) then Dense(10, softmax), adam,
 categorical_crossentropy, accuracy. The `model:` params go further (docs/better-recipe.md): more hidden
 layers, normalisation, dropout, residual connections, pre-norm inverted-bottleneck blocks, weight decay and
-label smoothing, and a PCA whitening of the input. Scaling to [0, 1] and flattening are layers of the model, so the saved model takes raw uint8
-images.
+label smoothing, and a PCA whitening of the input. Scaling to [0, 1] and flattening are layers of the
+model, so the saved model takes raw uint8 images.
 """
 
 from __future__ import annotations
