@@ -45,6 +45,8 @@ DIRECT = {
     "seed": {"preprocess", "build_and_compile", "train", "export"},
     "preprocess.image_size": {"preprocess", "build_and_compile"},
     "train.threads": {"train", "evaluate", "export"},
+    # build_and_compile reads the whole model section (its output stays the same bytes); train wraps the model
+    "model.flip_average": {"build_and_compile", "train"},
 }
 
 
