@@ -27,7 +27,7 @@ import numpy as np
 from classifier.core.errors import StageError, run
 from classifier.core.files import read_json
 from classifier.data.images import decode_image, is_image_name
-from classifier.export.exported import load_predictor
+from classifier.export.exported import check_model, load_predictor
 from classifier.model.runtime import configure_tensorflow
 
 DEFAULT_MODEL = Path("models/model.keras")
@@ -144,6 +144,7 @@ def main() -> None:
     if args.top_k < 1:
         parser.error(f"--top-k must be at least 1, got {args.top_k}")
 
+    check_model(args.model)  # a bad file is one line before TensorFlow's start (~7 s)
     configure_tensorflow()
     model = load_predictor(args.model)
     classes = read_classes(args.classes, model.output_shape[-1])

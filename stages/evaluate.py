@@ -17,6 +17,7 @@ from classifier.core.errors import StageError, run
 from classifier.core.files import read_json, write_json, write_text
 from classifier.core.params import load_params
 from classifier.data.splits import load_split
+from classifier.model.checks import check_model_file
 from classifier.model.runtime import configure_tensorflow
 from classifier.model.saving import load_model
 from classifier.reporting import metrics
@@ -35,6 +36,7 @@ def main() -> None:
     classes = read_json(args.data_dir / "classes.json")
     if top_k > len(classes):
         raise StageError(f"params.yaml: evaluate.top_k = {top_k} is more than the {len(classes)} classes")
+    check_model_file(args.model)  # a bad file is one line before TensorFlow's start (~7 s)
     configure_tensorflow(threads=params.train.threads)
     probabilities = metrics.predict_probabilities(load_model(args.model), images)
 

@@ -24,6 +24,7 @@ from classifier.export.exported import load_predictor
 from classifier.export.formats import export_all, folder_size
 from classifier.export.litert import calibration_sample
 from classifier.export.parity import LATENCY_RUNS, check_float_agreement, median_latency_ms, parity
+from classifier.model.checks import check_model_file
 from classifier.model.runtime import configure_tensorflow
 
 
@@ -47,6 +48,7 @@ def main() -> None:
     train_images, _ = load_split(args.data_dir / "train.npz")
     calibration = calibration_sample(train_images, params.export.calibration_images, params.seed)
     del train_images
+    check_model_file(args.model)  # a bad file is one line before TensorFlow's start (~7 s)
     configure_tensorflow(seed=params.seed, threads=threads)
     keras_model = load_predictor(args.model)
     if keras_model.num_classes != len(classes):

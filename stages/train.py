@@ -23,6 +23,7 @@ from pathlib import Path
 
 from classifier.core.errors import run
 from classifier.core.params import load_params
+from classifier.model.checks import check_model_file
 from classifier.model.runtime import configure_tensorflow
 from classifier.training.job import train_model
 
@@ -44,6 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
 
+    check_model_file(args.compiled_model)  # a bad file is one line before TensorFlow's start (~7 s)
     configure_tensorflow(threads=params.train.threads)  # thread counts are fixed once TensorFlow starts
     train_model(
         args.compiled_model, args.data_dir, args.model, args.metrics_dir, params, args.timing, args.backup_dir

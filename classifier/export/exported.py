@@ -22,6 +22,7 @@ import numpy as np
 
 from classifier.core.errors import StageError
 from classifier.export.checks import check_exported
+from classifier.model.checks import check_model_file
 
 CHUNK = 256  # images per call into the runtime, so a big batch never needs all its activations at once
 KINDS = "a .keras file, a SavedModel folder, a .tflite or an .onnx file"
@@ -75,27 +76,36 @@ class Predictor:
         return f"<{self.format} predictor {self.path}: {self.input_size}px, {self.num_classes} classes>"
 
 
-def load_predictor(path: str | os.PathLike, threads: int | None = None) -> Predictor:
-    """The Predictor for a model file or folder, by what it is; a StageError names the path otherwise.
-    `threads` caps the runtime's CPU threads (None: the runtime's default)."""
+def check_model(path: str | os.PathLike) -> None:
+    """Raise StageError `<path>: <what is wrong>` unless `path` is a model file or folder `load_predictor`
+    takes and its checks accept. Only a SavedModel's check starts TensorFlow (it parses the graph with
+    TensorFlow's protobufs), so a bad .keras, .tflite or .onnx file is one line in about a second."""
     path = Path(path)
     if not path.exists():
         raise StageError(f"{path}: model file not found")  # as classifier.model.saving says it
     if path.is_dir() and not (path / "saved_model.pb").is_file():
         raise StageError(f"{path}: a folder without saved_model.pb is not a SavedModel")
+    if path.is_file() and path.suffix.lower() == ".keras":
+        check_model_file(path)
+    elif path.is_file() and path.suffix.lower() not in (".tflite", ".onnx"):
+        raise StageError(f"{path}: not a model file this can run (expected {KINDS})")
     check_exported(path)  # before TensorFlow, onnxruntime or LiteRT reads a byte of it
+
+
+def load_predictor(path: str | os.PathLike, threads: int | None = None) -> Predictor:
+    """The Predictor for a model file or folder, by what it is; a StageError names the path otherwise.
+    `threads` caps the runtime's CPU threads (None: the runtime's default)."""
+    path = Path(path)
+    check_model(path)
     if path.is_dir():
         return _saved_model(path)
     suffix = path.suffix.lower()
     if suffix == ".keras":
-        return _keras(
-            path
-        )  # TensorFlow's threads are process-wide: classifier.model.runtime.configure_tensorflow
+        # TensorFlow's threads are process-wide: classifier.model.runtime.configure_tensorflow
+        return _keras(path)
     if suffix == ".tflite":
         return _litert(path, threads)
-    if suffix == ".onnx":
-        return _onnx(path, threads)
-    raise StageError(f"{path}: not a model file this can run (expected {KINDS})")
+    return _onnx(path, threads)
 
 
 def _keras(path: Path) -> Predictor:

@@ -106,15 +106,24 @@ def train_in_process(
 
 @pytest.fixture(scope="module")
 def uninterrupted(recipe_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return train_in_process(recipe_data, tmp_path_factory.mktemp("uninterrupted"))
+    run = tmp_path_factory.mktemp("uninterrupted")
+    return {**train_in_process(recipe_data, run), "run": run}
 
 
-def test_every_new_param_trains_identically_run_to_run(
+def test_every_new_param_trains_identically_run_to_run_and_flip_average_only_wraps_the_saved_model(
     recipe_data: Path, uninterrupted: dict, tmp_path: Path
 ) -> None:
-    again = train_in_process(recipe_data, tmp_path)
+    """The same run again, with model.flip_average on: test-time augmentation changes what the saved model
+    predicts, never how it trains or validates."""
+    from classifier.model.flip_average import AVERAGE_LAYER
+    from classifier.model.saving import load_model
+
+    again = train_in_process(recipe_data, tmp_path, flip_average=True)
     assert again["weights"] == uninterrupted["weights"]
     assert again["history"] == uninterrupted["history"]
+    wrapped = [layer.name for layer in load_model(tmp_path / "model.keras").layers]
+    plain = [layer.name for layer in load_model(uninterrupted["run"] / "model.keras").layers]
+    assert AVERAGE_LAYER in wrapped and "mlp" in wrapped and AVERAGE_LAYER not in plain
 
 
 def test_validation_sees_the_images_unaugmented(uninterrupted: dict) -> None:
@@ -132,20 +141,6 @@ def test_validation_sees_the_images_unaugmented(uninterrupted: dict) -> None:
 def test_augmentation_changes_training(recipe_data: Path, uninterrupted: dict, tmp_path: Path) -> None:
     plain = train_in_process(recipe_data, tmp_path, augment={"flip": False, "crop_padding": 0, "mixup": 0.0})
     assert plain["weights"] != uninterrupted["weights"]
-
-
-def test_flip_average_trains_the_same_and_saves_the_model_wrapped(
-    recipe_data: Path, uninterrupted: dict, tmp_path: Path
-) -> None:
-    """Test-time augmentation changes what the saved model predicts, never how it trains or validates."""
-    from classifier.model.flip_average import AVERAGE_LAYER
-    from classifier.model.saving import load_model
-
-    flipped = train_in_process(recipe_data, tmp_path, flip_average=True)
-    assert flipped["weights"] == uninterrupted["weights"]
-    assert flipped["history"] == uninterrupted["history"]
-    saved = load_model(tmp_path / "model.keras")
-    assert saved.get_layer(AVERAGE_LAYER).name == AVERAGE_LAYER and saved.get_layer("mlp").name == "mlp"
 
 
 def test_interrupted_run_resumes_exactly(recipe_data: Path, uninterrupted: dict, tmp_path: Path) -> None:
