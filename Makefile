@@ -26,9 +26,9 @@ repro: install
 	dvc repro
 
 # The tests on every core (pytest-xdist; at most 4 workers, each may start TensorFlow). A module's tests
-# stay on one worker, with its fixtures; the shared pipeline is built once for all (tests/conftest.py).
-# One test alone: python -m pytest tests/unit/test_fit.py
-PARALLEL := -n auto --maxprocesses 4 --dist loadfile
+# stay on one worker, with its fixtures; the shared pipeline is built once for all; the slowest modules
+# start first (tests/conftest.py: SLOWEST_FIRST). One test alone: python -m pytest tests/unit/test_fit.py
+PARALLEL := -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 test: lint
 	python -m pytest $(PARALLEL)

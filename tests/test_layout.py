@@ -12,7 +12,7 @@ import yaml
 
 from tools.code_deps import imported_modules, project_imports, rewrite_dvc_yaml
 
-from conftest import PROJECT
+from conftest import PROJECT, SLOWEST_FIRST
 
 STAGES = ["download", "preprocess", "build_and_compile", "train", "evaluate", "plot", "export"]
 MAX_STAGE_LINES = 120
@@ -106,3 +106,8 @@ def test_test_files_have_unique_names() -> None:
     # pytest imports test modules by file name: two test_x.py in different folders collide.
     names = [path.name for path in (PROJECT / "tests").rglob("test_*.py")]
     assert sorted({n for n in names if names.count(n) > 1}) == []
+
+
+def test_the_slowest_first_list_names_test_modules_that_exist() -> None:
+    assert [name for name in SLOWEST_FIRST if not (PROJECT / "tests" / name).is_file()] == []
+    assert len(set(SLOWEST_FIRST)) == len(SLOWEST_FIRST)
