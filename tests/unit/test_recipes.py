@@ -23,8 +23,8 @@ import run as recipe  # noqa: E402  (recipes/run.py)
 RECIPES = sorted((PROJECT / "recipes").glob("*.yaml"))
 
 
-def test_there_is_a_committed_recipe() -> None:
-    assert [path.name for path in RECIPES] == ["better-mlp.yaml"]
+def test_the_committed_recipes() -> None:
+    assert [path.name for path in RECIPES] == ["better-mlp.yaml", "mixup-mlp.yaml"]
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
@@ -40,6 +40,19 @@ def test_better_mlp_is_an_mlp_only() -> None:
     overrides = recipe.read_recipe(PROJECT / "recipes" / "better-mlp.yaml")
     assert overrides["model.hidden_units"] == [1024, 1024, 1024]
     assert overrides["train.augment.flip"] is True and overrides["train.augment.crop_padding"] == 3
+
+
+def test_mixup_mlp_is_the_better_mlp_trained_longer_with_mixup() -> None:
+    """The same model (docs/better-recipe.md compares them): only the batch, rate, epochs, MixUp and the
+    flip average differ."""
+    better = recipe.read_recipe(PROJECT / "recipes" / "better-mlp.yaml")
+    mixup = recipe.read_recipe(PROJECT / "recipes" / "mixup-mlp.yaml")
+    changed = {key: value for key, value in mixup.items() if better.get(key) != value}
+    assert changed == {
+        "model.learning_rate": 0.004, "model.flip_average": True, "train.batch_size": 512,
+        "train.epochs": 400, "train.augment.mixup": 0.2,
+    }  # fmt: skip
+    assert set(better) <= set(mixup)
 
 
 def test_command_passes_every_value_as_dvc_reads_it() -> None:
