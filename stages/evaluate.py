@@ -32,11 +32,11 @@ def main() -> None:
     params = load_params()
     top_k = params.evaluate.top_k
 
-    images, labels = load_split(args.data_dir / "test.npz")
     classes = read_json(args.data_dir / "classes.json")
     if top_k > len(classes):
         raise StageError(f"params.yaml: evaluate.top_k = {top_k} is more than the {len(classes)} classes")
-    check_model_file(args.model)  # a bad file is one line before TensorFlow's start (~7 s)
+    check_model_file(args.model)  # a bad file is one line, before the data or TensorFlow (~7 s) load
+    images, labels = load_split(args.data_dir / "test.npz")
     configure_tensorflow(threads=params.train.threads)
     probabilities = metrics.predict_probabilities(load_model(args.model), images)
 

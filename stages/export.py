@@ -40,6 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     threads = params.train.threads  # for the timings, LiteRT and ONNX too
+    check_model_file(args.model)  # a bad file is one line, before the data or TensorFlow (~7 s) load
 
     classes = read_json(args.data_dir / "classes.json")
     test_images, test_labels = load_split(args.data_dir / "test.npz")
@@ -48,7 +49,6 @@ def main() -> None:
     train_images, _ = load_split(args.data_dir / "train.npz")
     calibration = calibration_sample(train_images, params.export.calibration_images, params.seed)
     del train_images
-    check_model_file(args.model)  # a bad file is one line before TensorFlow's start (~7 s)
     configure_tensorflow(seed=params.seed, threads=threads)
     keras_model = load_predictor(args.model)
     if keras_model.num_classes != len(classes):
