@@ -164,6 +164,12 @@ def check_combinations(params: Params) -> None:
             f"{PARAMS_FILE}: model.whitening = {model.whitening} is more components than an image has values "
             f"({inputs} at preprocess.image_size = {params.preprocess.image_size}); set it from 1 to {inputs}, or 0"
         )
+    if model.shift_average >= params.preprocess.image_size:
+        raise StageError(
+            f"{PARAMS_FILE}: model.shift_average = {model.shift_average} pixels would shift the whole image out "
+            f"of view at preprocess.image_size = {params.preprocess.image_size}; set it from 0 (off) to "
+            f"{params.preprocess.image_size - 1}"
+        )
     if train.warmup_epochs > 0 and train.lr_schedule != "cosine":
         raise StageError(
             f"{PARAMS_FILE}: train.warmup_epochs = {train.warmup_epochs} needs train.lr_schedule: cosine "

@@ -159,6 +159,10 @@ class ModelParams(Section):
         "test-time augmentation: predict the mean of the image's and its mirror image's probabilities, "
         "in evaluate, predict and every exported format (training is unchanged)"
     )
+    shift_average: integer(0, 64) = about(
+        "test-time augmentation: also average over the image shifted this many pixels (black fill) up, "
+        "down, left, right and diagonally: 9 views, 18 with flip_average (0 = off; training is unchanged)"
+    )
 
 
 class AugmentParams(Section):

@@ -29,8 +29,9 @@ from classifier.core.errors import StageError
 
 # The ops in the serving functions of every SavedModel the export stage writes, for every model the params
 # can build: each activation, no/batch/layer normalisation, dropout, residual connections, the whitening
-# layer and the flip average (model.flip_average: a transpose, a fixed matmul, a mean; listed from
-# real exports; tests/unit/test_export_checks.py exports such models and fails if one needs more).
+# layer and test-time augmentation (model.flip_average and model.shift_average: transposes, fixed
+# matmuls, a mean); listed from real exports: tests/unit/test_export_checks.py exports such models and
+# fails if one needs more.
 # Nothing here reads or writes state outside the graph, or calls out of it.
 SAVED_MODEL_OPS = frozenset(
     # calls to functions of the same file (checked in turn), constants, plumbing

@@ -17,9 +17,9 @@ from typing import Any
 
 from classifier.core.files import write_json
 from classifier.core.params_schema import Params
-from classifier.model.flip_average import with_flip_average
 from classifier.model.runtime import configure_tensorflow, environment
 from classifier.model.saving import load_model, save_model
+from classifier.model.view_average import with_view_average
 from classifier.reporting.history import best_epoch, read_history
 from classifier.training import distribute
 from classifier.training.backup import Backup, resume, run_key
@@ -36,7 +36,7 @@ from classifier.training.timing import describe, epoch_timer, median_epoch, trai
 @dataclass(frozen=True)
 class TrainedModel:
     model: Any  # the Keras model as saved (with the best epoch's weights where those are kept, and wrapped
-    # by with_flip_average with model.flip_average)
+    # by with_view_average with model.flip_average or model.shift_average)
     history: dict[str, list[float]]  # per epoch trained by this call: after a resume, the epochs after it
 
 
@@ -104,7 +104,7 @@ def _train(
         callbacks = [callback for callback in (logger, stopper, timer, saver) if callback is not None]
         splits = train_split, validation_split
         history = fit(model, *splits, train, params.seed, callbacks, verbose, strategy, initial_epoch)
-    saved = with_flip_average(model) if params.model.flip_average else model
+    saved = with_view_average(model, params.model.flip_average, params.model.shift_average)
     if chief:
         # Of the whole run, resumed or not: from DVCLive's log of every epoch.
         write_json(metrics_dir / "best.json", {"best": best_epoch(read_history(metrics_dir))})

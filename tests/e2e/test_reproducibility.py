@@ -47,6 +47,7 @@ DIRECT = {
     "train.threads": {"train", "evaluate", "export"},
     # build_and_compile reads the whole model section (its output stays the same bytes); train wraps the model
     "model.flip_average": {"build_and_compile", "train"},
+    "model.shift_average": {"build_and_compile", "train"},
 }
 
 

@@ -182,6 +182,7 @@ def test_cpu_facts_tell_cpu_generations_and_instruction_sets_apart() -> None:
         ({"model": {"label_smoothing": 0.1, "loss": "sparse_categorical_crossentropy"}}, "model.label_smoothing = 0.1 needs model.loss: categorical_crossentropy"),
         ({"train": {"augment": {"flip": False, "crop_padding": 0, "mixup": 0.2}}, "model": {"loss": "sparse_categorical_crossentropy"}}, "train.augment.mixup = 0.2 needs model.loss: categorical_crossentropy (got sparse_categorical_crossentropy); set mixup to 0 or change the loss"),
         ({"model": {"whitening": 3073}}, "model.whitening = 3073 is more components than an image has values (3072 at preprocess.image_size = 32); set it from 1 to 3072, or 0"),
+        ({"model": {"shift_average": 32}}, "model.shift_average = 32 pixels would shift the whole image out of view at preprocess.image_size = 32; set it from 0 (off) to 31"),
         ({"train": {"warmup_epochs": 2}}, "train.warmup_epochs = 2 needs train.lr_schedule: cosine"),
         ({"train": {"warmup_epochs": 50, "lr_schedule": "cosine"}}, "train.warmup_epochs = 50 must be less than train.epochs = 50"),
         ({"train": {"early_stopping_from": 0.8}}, "train.early_stopping_from = 0.8 needs train.early_stopping: N (got null); set early_stopping_from to 0, or early_stopping to a patience"),

@@ -160,13 +160,13 @@ def test_predict_refuses_the_saved_model_that_writes_a_file(hostile_files: Path,
 
 def test_every_model_the_params_can_build_exports_a_saved_model_the_checks_accept(tmp_path: Path) -> None:
     # One model with every activation, both normalisations, dropout and a residual connection, wrapped in
-    # the flip average: what the allow-list was derived from, so that a new Keras or TensorFlow that lowers
-    # a layer differently fails here.
+    # test-time augmentation's mirrored and shifted views: what the allow-list was derived from, so that a
+    # new Keras or TensorFlow that lowers a layer differently fails here.
     import keras
     from keras import layers
 
     from classifier.export.formats import write_saved_model
-    from classifier.model.flip_average import with_flip_average
+    from classifier.model.view_average import with_view_average
 
     image = keras.Input(shape=(8, 8, 3), dtype="uint8")
     x = layers.Flatten()(layers.Rescaling(1.0 / 255)(image))
@@ -175,7 +175,9 @@ def test_every_model_the_params_can_build_exports_a_saved_model_the_checks_accep
     x = layers.Add()([x, layers.LayerNormalization()(x)])
     for name in ACTIVATIONS:  # one after another: the project's models have no concatenation
         x = layers.Dense(4, activation=name)(x)
-    model = with_flip_average(keras.Model(image, layers.Dense(3, activation="softmax")(x)))
+    model = with_view_average(
+        keras.Model(image, layers.Dense(3, activation="softmax")(x)), flip=True, shift=2
+    )
     for dtype in ("uint8", "float32"):  # float32: the int8 conversion's input
         write_saved_model(model, tmp_path / dtype, ["a", "b", "c"], dtype=dtype)
         check_exported(tmp_path / dtype)

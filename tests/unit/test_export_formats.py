@@ -80,11 +80,11 @@ def test_each_format_gives_the_keras_model_s_probabilities(tiny: dict, name: str
 @pytest.fixture(scope="module")
 def better(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A model like recipes/better-mlp.yaml's (3 hidden layers, batch norm, dropout, residual, adamw), with a
-    PCA whitening layer and an inverted-bottleneck block, trained for 3 epochs, wrapped for flip test-time augmentation (model.flip_average)
-    and exported once."""
+    PCA whitening layer and an inverted-bottleneck block, trained for 3 epochs, wrapped for test-time augmentation
+    (model.flip_average and model.shift_average: 18 views) and exported once."""
     from classifier.model.build import build_model, compile_model
-    from classifier.model.flip_average import with_flip_average
     from classifier.model.runtime import configure_tensorflow
+    from classifier.model.view_average import with_view_average
     from classifier.model.whitening import set_whitening
 
     root = tmp_path_factory.mktemp("export_better")
@@ -98,7 +98,7 @@ def better(tmp_path_factory: pytest.TempPathFactory) -> dict:
     set_whitening(model, images[:270], 0.01)
     compile_model(model, "adamw", 0.002, "categorical_crossentropy", weight_decay=0.1, label_smoothing=0.1)
     trained(root, model, images, labels)
-    model = with_flip_average(model)
+    model = with_view_average(model, flip=True, shift=2)
     calibration = litert.calibration_sample(images[:270], 100, seed=7)
     paths = export_all(model, CLASSES, calibration, root / "export")
     return {

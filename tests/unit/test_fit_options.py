@@ -62,18 +62,18 @@ def killed_after_backup(epoch: int):
 
 
 def train_in_process(
-    data: Path, run: Path, stop_after: int = 0, flip_average: bool = False, **train: object
+    data: Path, run: Path, stop_after: int = 0, view_average: bool = False, **train: object
 ) -> dict:
     """The training job with seed 7 in `run` (its backups, DVCLive folder and model); `stop_after` kills it
     after that epoch's backup. The trained weights' hash, this call's history, the best epoch (0-based),
-    the kept model's scores on the raw validation images and its final learning rate (with `flip_average`,
-    of the trained model inside the saved one)."""
+    the kept model's scores on the raw validation images and its final learning rate (with `view_average`,
+    model.flip_average and model.shift_average on: of the trained model inside the saved one)."""
     from classifier.training.job import train_model
 
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     params["seed"] = 7
     params["train"] = {**TRAIN, **train}
-    params["model"]["flip_average"] = flip_average
+    params["model"].update(flip_average=view_average, shift_average=1 if view_average else 0)
     run.mkdir(parents=True, exist_ok=True)
     job = (
         data / "compiled.keras",
@@ -91,7 +91,7 @@ def train_in_process(
             return {}
         trained = train_model(*job)
     model, (images, labels) = trained.model, load_split(data / "validation.npz")
-    if flip_average:
+    if view_average:
         model = model.get_layer("mlp")
     targets = np.eye(3, dtype=np.float32)[labels]
     unaugmented = model.evaluate(images, targets, batch_size=16, verbose=0, return_dict=True)
@@ -110,15 +110,15 @@ def uninterrupted(recipe_data: Path, tmp_path_factory: pytest.TempPathFactory) -
     return {**train_in_process(recipe_data, run), "run": run}
 
 
-def test_every_new_param_trains_identically_run_to_run_and_flip_average_only_wraps_the_saved_model(
+def test_every_new_param_trains_identically_run_to_run_and_view_averages_only_wrap_the_saved_model(
     recipe_data: Path, uninterrupted: dict, tmp_path: Path
 ) -> None:
-    """The same run again, with model.flip_average on: test-time augmentation changes what the saved model
-    predicts, never how it trains or validates."""
-    from classifier.model.flip_average import AVERAGE_LAYER
+    """The same run again, with model.flip_average and model.shift_average on: test-time augmentation
+    changes what the saved model predicts, never how it trains or validates."""
     from classifier.model.saving import load_model
+    from classifier.model.view_average import AVERAGE_LAYER
 
-    again = train_in_process(recipe_data, tmp_path, flip_average=True)
+    again = train_in_process(recipe_data, tmp_path, view_average=True)
     assert again["weights"] == uninterrupted["weights"]
     assert again["history"] == uninterrupted["history"]
     wrapped = [layer.name for layer in load_model(tmp_path / "model.keras").layers]

@@ -24,7 +24,9 @@ RECIPES = sorted((PROJECT / "recipes").glob("*.yaml"))
 
 
 def test_the_committed_recipes() -> None:
-    assert [path.name for path in RECIPES] == ["better-mlp.yaml", "mixup-mlp-49k.yaml", "mixup-mlp.yaml"]
+    assert [path.name for path in RECIPES] == [
+        "better-mlp.yaml", "mixup-mlp-49k-tta.yaml", "mixup-mlp-49k.yaml", "mixup-mlp.yaml",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
@@ -71,6 +73,17 @@ def test_mixup_mlp_49k_trades_validation_images_for_training_images() -> None:
     seen = {name: (1 - params.get("preprocess.validation", 0.1)) * params["train.epochs"]
             for name, params in (("mixup", mixup), ("more_data", more_data))}  # fmt: skip
     assert seen["more_data"] <= seen["mixup"], "no more images seen per run, so no more training time"
+
+
+def test_mixup_mlp_49k_tta_trains_as_mixup_mlp_49k_and_averages_over_shifted_views() -> None:
+    """Test-time augmentation only: the same training, so the same trained weights (docs/better-recipe.md
+    compares the two on the same runs)."""
+    more_data = recipe.read_recipe(PROJECT / "recipes" / "mixup-mlp-49k.yaml")
+    tta = recipe.read_recipe(PROJECT / "recipes" / "mixup-mlp-49k-tta.yaml")
+    assert {key: value for key, value in tta.items() if more_data.get(key) != value} == {
+        "model.shift_average": 2
+    }
+    assert set(more_data) <= set(tta)
 
 
 def test_command_passes_every_value_as_dvc_reads_it() -> None:
